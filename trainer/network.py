@@ -1,0 +1,418 @@
+"""The T5 encoder-decoder (T5.1.0 and T5.1.1) in Flax.
+
+Every parameter carries T5X's logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`,
+`relpos_buckets`) so that `trainer.partitioning` can shard it on any mesh; parameter names
+follow T5X's minimal T5 (`token_embedder`, `encoder/layers_0/attention/query`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+_NEG_INF = -1e10
+
+FEED_FORWARDS = ("gated-gelu", "relu")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyperparameters of a T5 encoder-decoder.
+
+  T5.1.1 (the default): gated-GELU feed-forward, untied output layer.
+  T5.1.0: `feed_forward="relu"`, `tie_word_embeddings=True` (logits through the shared
+  embedding, rescaled by d_model**-0.5).
+  """
+
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 6
+  d_kv: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  feed_forward: str = "gated-gelu"
+  tie_word_embeddings: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = "float32"  # activation dtype; parameters are always float32.
+
+  def __post_init__(self):
+    if self.feed_forward not in FEED_FORWARDS:
+      raise ValueError(
+          f"T5Config.feed_forward={self.feed_forward!r} is not supported; use one of "
+          f"{', '.join(FEED_FORWARDS)}")
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16 or float16")
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def _param(module: nn.Module, name: str, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """Maps relative positions (key - query) to T5's log-spaced buckets.
+
+  Half the buckets (all of them when causal) hold exact small distances; the rest cover
+  distances up to `max_distance` logarithmically; farther distances share the last bucket.
+  Returns int32 buckets of the same shape.
+  """
+  n = -relative_position
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (n < 0).astype(jnp.int32) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  n_float = jnp.maximum(n, 1).astype(jnp.float32)
+  large = max_exact + (jnp.log(n_float / max_exact) / np.log(max_distance / max_exact) *
+                       (num_buckets - max_exact)).astype(jnp.int32)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """One table of per-head biases per stack, shared by the stack's layers."""
+
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """query_positions: [q], key_positions: [k]. Returns float32 [1, heads, q, k]."""
+    table = _param(self, "rel_embedding", nn.initializers.normal(stddev=1.0),
+                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    buckets = relative_position_bucket(
+        key_positions[None, :] - query_positions[:, None], bidirectional=self.bidirectional,
+        num_buckets=self.num_buckets, max_distance=self.max_distance)
+    values = jnp.take(table, buckets, axis=1)  # [heads, q, k]
+    return values[None]
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, no bias, computed in float32."""
+
+  epsilon: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    x32 = x.astype(jnp.float32)
+    y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale).astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention without the 1/sqrt(d_kv) scale (T5 folds it into init).
+
+  With `decode=True` the keys and values of self-attention are kept in the `cache`
+  collection and each call processes one new position.
+  """
+
+  config: T5Config
+
+  def _proj(self, name, x, init_std):
+    cfg = self.config
+    kernel = _param(self, name, nn.initializers.normal(init_std),
+                    (x.shape[-1], cfg.num_heads, cfg.d_kv), ("embed", "heads", "kv"))
+    return jnp.einsum("bld,dhk->blhk", x, kernel.astype(x.dtype))
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
+               enable_dropout: bool = False, decode: bool = False) -> Array:
+    """inputs_q: [b, q, d]; inputs_kv: [b, k, d]; bias: float32 [b or 1, heads, q, k]."""
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    d = inputs_q.shape[-1]
+    query = self._proj("query", inputs_q, (d * cfg.d_kv) ** -0.5)
+    key = self._proj("key", inputs_kv, d ** -0.5)
+    value = self._proj("value", inputs_kv, d ** -0.5)
+    if decode:
+      key, value = self._update_cache(key, value)
+    logits = jnp.einsum("bqhk,bthk->bhqt", query, key).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+    out = jnp.einsum("bhqt,bthk->bqhk", weights, value)
+    out_kernel = _param(self, "out", nn.initializers.normal((cfg.num_heads * cfg.d_kv) ** -0.5),
+                        (cfg.num_heads, cfg.d_kv, d), ("heads", "kv", "embed"))
+    return jnp.einsum("bqhk,hkd->bqd", out, out_kernel.astype(dtype))
+
+  def _update_cache(self, key: Array, value: Array):
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:  # Shape-only pass that creates the cache: attend normally.
+      return key, value
+    if key.shape[1] != 1:
+      raise ValueError(f"decode=True takes one position per call, got {key.shape[1]}")
+    i = index.value
+    cached_key.value = lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+    cached_value.value = lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+    index.value = i + 1
+    return cached_key.value, cached_value.value
+
+
+class FeedForward(nn.Module):
+  """T5.1.1's gated-GELU (wi_0, wi_1, wo) or T5.1.0's ReLU (wi, wo) MLP."""
+
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, *, enable_dropout: bool = False) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    d = x.shape[-1]
+    wi_init = nn.initializers.normal(d ** -0.5)
+    if cfg.feed_forward == "gated-gelu":
+      wi_0 = _param(self, "wi_0", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
+      wi_1 = _param(self, "wi_1", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
+      h = nn.gelu(x @ wi_0.astype(dtype), approximate=True) * (x @ wi_1.astype(dtype))
+    else:
+      wi = _param(self, "wi", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
+      h = nn.relu(x @ wi.astype(dtype))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
+    wo = _param(self, "wo", nn.initializers.normal(cfg.d_ff ** -0.5), (cfg.d_ff, d),
+                ("mlp", "embed"))
+    return h @ wo.astype(dtype)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, *, enable_dropout=False):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="pre_attention_layer_norm")(x)
+    h = Attention(cfg, name="attention")(h, h, bias, enable_dropout=enable_dropout)
+    x = x + drop(h, deterministic=not enable_dropout)
+    h = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="pre_mlp_layer_norm")(x)
+    h = FeedForward(cfg, name="mlp")(h, enable_dropout=enable_dropout)
+    x = x + drop(h, deterministic=not enable_dropout)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, encoded, self_bias, cross_bias, *, enable_dropout=False, decode=False):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout_rate)
+    norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
+    h = norm("pre_self_attention_layer_norm")(x)
+    h = Attention(cfg, name="self_attention")(h, h, self_bias, enable_dropout=enable_dropout,
+                                              decode=decode)
+    x = x + drop(h, deterministic=not enable_dropout)
+    h = norm("pre_cross_attention_layer_norm")(x)
+    h = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_bias,
+                                                         enable_dropout=enable_dropout)
+    x = x + drop(h, deterministic=not enable_dropout)
+    h = norm("pre_mlp_layer_norm")(x)
+    h = FeedForward(cfg, name="mlp")(h, enable_dropout=enable_dropout)
+    x = x + drop(h, deterministic=not enable_dropout)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def attention_bias(query_mask: Array, key_mask: Array, query_segment_ids: Optional[Array] = None,
+                   key_segment_ids: Optional[Array] = None, causal: bool = False) -> Array:
+  """Additive float32 bias [b, 1, q, k]: 0 where attention is allowed, -1e10 elsewhere.
+
+  Masks: padding (`*_mask` true for real tokens), packed examples (segment ids must match),
+  and, with `causal`, future positions.
+  """
+  allowed = query_mask[:, :, None] & key_mask[:, None, :]
+  if query_segment_ids is not None:
+    allowed &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  if causal:
+    q, k = query_mask.shape[1], key_mask.shape[1]
+    allowed &= jnp.arange(q)[:, None] >= jnp.arange(k)[None, :]
+  return jnp.where(allowed, 0.0, _NEG_INF).astype(jnp.float32)[:, None]
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  embedder: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, *, enable_dropout=False):
+    cfg = self.config
+    length = tokens.shape[1]
+    mask = tokens > 0
+    bias = attention_bias(mask, mask, segment_ids, segment_ids)
+    positions = jnp.arange(length)
+    bias = bias + RelativePositionBiases(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, bidirectional=True, name="relpos_bias")(positions, positions)
+    x = self.embedder(tokens).astype(cfg.activation_dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout=enable_dropout)
+    x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
+    return nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  embedder: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded, encoder_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               encoder_segment_ids=None, decoder_segment_ids=None, *, enable_dropout=False,
+               decode=False):
+    cfg = self.config
+    length = decoder_input_tokens.shape[1]
+    relpos = RelativePositionBiases(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, bidirectional=False, name="relpos_bias")
+    encoder_mask = encoder_tokens > 0
+    if decode:
+      step, self_bias, cross_bias = self._decode_biases(relpos, encoder_mask, length)
+    else:
+      target_mask = (decoder_target_tokens if decoder_target_tokens is not None
+                     else decoder_input_tokens) > 0
+      # T5X's decoder: every position starts real (input 0 is the BOS), so mask on targets.
+      positions = jnp.arange(length)
+      self_bias = attention_bias(target_mask, target_mask, decoder_segment_ids,
+                                 decoder_segment_ids, causal=True) + relpos(positions, positions)
+      cross_bias = attention_bias(target_mask, encoder_mask, decoder_segment_ids,
+                                  encoder_segment_ids)
+    x = self.embedder(decoder_input_tokens).astype(cfg.activation_dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    for i in range(cfg.num_decoder_layers):
+      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
+                                                enable_dropout=enable_dropout, decode=decode)
+    x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
+    if cfg.tie_word_embeddings:
+      logits = self.embedder.attend(x * cfg.d_model ** -0.5)
+    else:
+      kernel = _param(self, "logits_dense", nn.initializers.normal(cfg.d_model ** -0.5),
+                      (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+      logits = x @ kernel.astype(x.dtype)
+    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+  def _decode_biases(self, relpos, encoder_mask, length):
+    """Biases for one decoding step at the position held in the cache."""
+    initialized = self.has_variable("cache", "position")
+    position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:  # Cache creation: a full causal pass over `length` positions.
+      positions = jnp.arange(length)
+      ones = jnp.ones((encoder_mask.shape[0], length), bool)
+      self_bias = attention_bias(ones, ones, causal=True) + relpos(positions, positions)
+      return None, self_bias, attention_bias(ones, encoder_mask)
+    step = position.value
+    cache_length = self._cache_length()
+    keys = jnp.arange(cache_length)
+    self_bias = jnp.where(keys <= step, 0.0, _NEG_INF)[None, None, None, :].astype(jnp.float32)
+    self_bias = self_bias + relpos(step[None], keys)
+    ones = jnp.ones((encoder_mask.shape[0], 1), bool)
+    position.value = step + 1
+    return step, self_bias, attention_bias(ones, encoder_mask)
+
+  def _cache_length(self) -> int:
+    cache = self.variables["cache"]
+    return cache["layers_0"]["self_attention"]["cached_key"].shape[1]
+
+
+class Embed(nn.Module):
+  """The token embedding shared by encoder and decoder (and the logits when tied)."""
+
+  vocab_size: int
+  features: int
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                            (self.vocab_size, self.features), ("vocab", "embed"))
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding, tokens, axis=0)
+
+  def attend(self, x: Array) -> Array:
+    return jnp.einsum("bld,vd->blv", x, self.embedding.astype(x.dtype))
+
+
+class Transformer(nn.Module):
+  """The encoder-decoder. Token id 0 is padding; decoder inputs start with 0 (T5's BOS).
+
+  Args of `__call__` (all int32 [batch, length]): encoder_input_tokens, decoder_input_tokens,
+  decoder_target_tokens, and for packed batches the segment ids of seqio's
+  `EncDecFeatureConverter`. Returns float32 logits [batch, decoder_length, vocab].
+  """
+
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.d_model)
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, enable_dropout=False):
+    """Returns encoder outputs [batch, encoder_length, d_model] in the activation dtype."""
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, enable_dropout=enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+             decoder_target_tokens=None, encoder_segment_ids=None, decoder_segment_ids=None, *,
+             enable_dropout=False, decode=False):
+    """Returns float32 logits. With `decode=True`, one position per call, using the cache."""
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
+                        decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                        enable_dropout=enable_dropout, decode=decode)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, enable_dropout=False):
+    # Positions are implied by segment ids: relative biases only matter inside a segment,
+    # where offsets from arange(length) equal offsets from the packed positions.
+    del encoder_positions, decoder_positions
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids,
+                          enable_dropout=enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                       enable_dropout=enable_dropout)
+
+
+def init_params(config: T5Config, rng: Array, *, batch: int = 1, input_length: int = 8,
+                target_length: int = 8):
+  """Initial parameters as a tree of `nn.LogicallyPartitioned` boxes (use `nn.unbox`)."""
+  model = Transformer(config)
+  enc = jnp.ones((batch, input_length), jnp.int32)
+  dec = jnp.ones((batch, target_length), jnp.int32)
+  return model.init(rng, enc, dec, dec)["params"]
+
+
+def param_count(config: T5Config) -> int:
+  """Number of parameters, from shapes only (nothing is allocated)."""
+  shapes = jax.eval_shape(lambda r: nn.unbox(init_params(config, r)), jax.random.PRNGKey(0))
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes)))
