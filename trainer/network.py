@@ -33,7 +33,7 @@ class T5Config:
   embedding, rescaled by d_model**-0.5).
   """
 
-  vocab_size: int = 32128
+  vocab_size: Optional[int] = None  # None: taken from the task's vocabulary (see below).
   d_model: int = 512
   num_heads: int = 6
   d_kv: int = 64
@@ -49,6 +49,8 @@ class T5Config:
   dtype: str = "float32"  # activation dtype; parameters are always float32.
 
   def __post_init__(self):
+    if self.vocab_size is not None and self.vocab_size <= 0:
+      raise ValueError(f"T5Config.vocab_size must be positive, got {self.vocab_size}")
     if self.feed_forward not in FEED_FORWARDS:
       raise ValueError(
           f"T5Config.feed_forward={self.feed_forward!r} is not supported; use one of "
@@ -59,6 +61,17 @@ class T5Config:
   @property
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
+
+  def with_vocab_size(self, vocabulary_size: int) -> "T5Config":
+    """Fills an unset vocab_size from the vocabulary, rounded up to a multiple of 128 (as
+    T5's 32100 -> 32128); a set one must be at least the vocabulary's size."""
+    if self.vocab_size is None:
+      return self.replace(vocab_size=-(-vocabulary_size // 128) * 128)
+    if self.vocab_size < vocabulary_size:
+      raise ValueError(
+          f"T5Config.vocab_size={self.vocab_size} is smaller than the vocabulary "
+          f"({vocabulary_size} ids); leave it unset to follow the vocabulary")
+    return self
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
@@ -406,6 +419,8 @@ class Transformer(nn.Module):
 def init_params(config: T5Config, rng: Array, *, batch: int = 1, input_length: int = 8,
                 target_length: int = 8):
   """Initial parameters as a tree of `nn.LogicallyPartitioned` boxes (use `nn.unbox`)."""
+  if config.vocab_size is None:
+    raise ValueError("T5Config.vocab_size is unset: call config.with_vocab_size(vocab size)")
   model = Transformer(config)
   enc = jnp.ones((batch, input_length), jnp.int32)
   dec = jnp.ones((batch, target_length), jnp.int32)

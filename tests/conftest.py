@@ -1,0 +1,24 @@
+"""Suite-wide settings: 4 fake CPU devices for sharding tests, quiet TF, the shared data."""
+
+import os
+from pathlib import Path
+
+# Must be set before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECAST_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+  """../shared/data (real GLUE/SuperGLUE JSONL and Wikipedia text); skips when absent."""
+  if not (SHARED_DATA / "glue").is_dir():
+    pytest.skip(f"real data not found at {SHARED_DATA} (set RECAST_SHARED_DATA or check out "
+                "../shared beside the repo)")
+  return SHARED_DATA

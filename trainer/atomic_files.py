@@ -1,0 +1,86 @@
+"""Atomic writes for result files: a reader sees the old file or the new one, never half.
+
+Each write goes to a temporary file in the same folder, is flushed to disk, then renamed
+over the target (rename is atomic on POSIX filesystems).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+  write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+  """Appends complete lines and fsyncs; a torn last line from a crash is ignored by readers."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """Reads JSON lines, skipping a final line left incomplete by a killed writer."""
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.endswith("\n"):
+        break
+      if line.strip():
+        rows.append(json.loads(line))
+  return rows
+
+
+class staged_dir:
+  """Context manager: build a folder under a temporary name, rename it into place on success.
+
+  On error the temporary folder is removed and `final` is left as it was (absent).
+  """
+
+  def __init__(self, final: str | os.PathLike):
+    self.final = Path(final)
+
+  def __enter__(self) -> Path:
+    if self.final.exists():
+      raise FileExistsError(f"{self.final} already exists; choose another destination or "
+                            "remove it first")
+    self.final.parent.mkdir(parents=True, exist_ok=True)
+    self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
+    return self.tmp
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None:
+      os.replace(self.tmp, self.final)
+    else:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+    return False

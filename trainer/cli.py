@@ -1,0 +1,95 @@
+"""The `recast` command (also `python -m trainer`): one entry point, one subcommand per job.
+
+Each subcommand lives in the module that does the work; that module provides
+`add_arguments(parser)` and `main(args) -> int`. Training-like subcommands take T5X's
+flags (`--gin_file`, `--gin.NAME=VALUE`, `--gin_search_paths`) and `--tasks_file`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+# (module, one-line help, takes gin flags)
+SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
+    "train": ("trainer.train", "train or fine-tune a model from gin files", True),
+    "eval": ("trainer.evaluation", "evaluate one or all checkpoints of a run", True),
+    "infer": ("trainer.infer", "predict or score with a checkpoint", True),
+    "tasks": ("tasks.inspect", "list tasks and mixtures, show rendered examples", False),
+    "vocab": ("tasks.vocab_build", "build a SentencePiece vocabulary", False),
+    "convert": ("trainer.convert", "convert checkpoints to and from Hugging Face T5", False),
+    "sweep": ("trainer.sweep", "run a grid of runs with Ray", True),
+    "fuse": ("trainer.fusion", "ColD Fusion rounds; average checkpoints", True),
+    "eval-base": ("trainer.recycling", "model-recycling evaluation of a base model", True),
+    "distill": ("trainer.distillation", "distil a teacher into a student", True),
+    "report": ("trainer.report", "tables and plots from run folders", False),
+    "demo": ("trainer.demo", "the quickstart: a small multitask study, no downloads", False),
+}
+
+
+def _quiet_libraries() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:
+  """The parser; only the chosen subcommand's module is imported (keeps --help fast)."""
+  from trainer import gin_config
+  parser = argparse.ArgumentParser(
+      prog="recast", description="Multi-task text-to-text training: SeqIO tasks, T5 in JAX, "
+      "gin configs, Ray sweeps.")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  module = None
+  for name, (module_name, help_text, takes_gin) in SUBCOMMANDS.items():
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if name != command:
+      continue
+    try:
+      module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+      if e.name != module_name:
+        raise
+    if takes_gin:
+      gin_config.add_gin_flags(p)
+    elif module is not None:
+      p.add_argument("--tasks_file", action="append", default=[], metavar="YAML",
+                     help="declarative task file to register first (repeatable)")
+    if module is not None:
+      module.add_arguments(p)
+  return parser, module
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  _quiet_libraries()
+  from trainer import errors, gin_config
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    argv, bindings = gin_config.split_gin_bindings(argv)
+  except gin_config.GinConfigError as e:
+    print(f"recast: error: {e}", file=sys.stderr)
+    return 2
+  command = next((a for a in argv if not a.startswith("-")), None)
+  parser, module = build_parser(command if command in SUBCOMMANDS else None)
+  args = parser.parse_args(argv)
+  if args.command is None:
+    parser.print_help()
+    return 2
+  if module is None:
+    print(f"recast {args.command}: not built yet", file=sys.stderr)
+    return 2
+  args.gin_bindings = bindings
+  if bindings and not SUBCOMMANDS[args.command][2]:
+    parser.error(f"recast {args.command} takes no --gin.NAME=VALUE bindings")
+  try:
+    if getattr(args, "tasks_file", None):
+      from tasks import task_files
+      for path in args.tasks_file:
+        task_files.register_task_file(path)
+    return int(module.main(args) or 0)
+  except errors.UserError as e:
+    print(f"recast {args.command}: error: {e}", file=sys.stderr)
+    return 2
+

@@ -1,0 +1,142 @@
+"""T5X's configuration flags: repeatable `--gin_file`, `--gin.NAME=VALUE`, `--gin_search_paths`.
+
+Every training-like subcommand parses its gin through here, so errors read the same
+everywhere and the model directory always gets `config.gin` and `operative_config.gin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util  # noqa: F401  (gin 0.5.0 needs it loaded for relative includes)
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import gin
+
+from trainer import errors
+
+GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+_BINDING_FLAG = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
+
+
+class GinConfigError(errors.UserError):
+  """A gin file or binding that cannot be used; the message says what to change."""
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds T5X's flags (`--gin.NAME=VALUE` is split off by `split_gin_bindings`)."""
+  parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                      help="gin file to parse (repeatable; searched in --gin_search_paths "
+                      "and recast's gin/ folder)")
+  parser.add_argument("--gin_search_paths", action="append", default=[], metavar="DIRS",
+                      help="comma-separated folders searched for gin files and includes")
+  parser.add_argument("--tasks_file", action="append", default=[], metavar="YAML",
+                      help="declarative task file to register before running (repeatable)")
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.NAME=VALUE` flags (T5X's form) from the other arguments.
+
+  >>> split_gin_bindings(["train", "--gin.TRAIN_STEPS=10", "--gin_file=a.gin"])
+  (['train', '--gin_file=a.gin'], ['TRAIN_STEPS=10'])
+  """
+  rest, bindings = [], []
+  for arg in argv:
+    match = _BINDING_FLAG.match(arg)
+    if match:
+      bindings.append(f"{match.group(1)}={_quote_bare_string(match.group(2))}")
+    elif arg.startswith("--gin.") and "=" not in arg:
+      raise GinConfigError(f"{arg!r} has no value: write it as --gin.NAME=VALUE")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def _quote_bare_string(value: str) -> str:
+  """Quotes a value gin cannot read as a literal or reference (`/tmp/run` -> `'/tmp/run'`)."""
+  text = value.strip()
+  if not text or text[0] in "\"'@%[({" or text in ("None", "True", "False"):
+    return value
+  try:
+    float(text)
+    return value
+  except ValueError:
+    pass
+  if re.fullmatch(r"-?\d+(e-?\d+)?", text):
+    return value
+  return repr(text)
+
+
+def search_paths(extra: Iterable[str] = ()) -> list[str]:
+  paths = []
+  for entry in extra:
+    paths.extend(p for p in entry.split(",") if p)
+  paths.append(str(GIN_DIR))
+  return paths
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], *,
+              gin_search_paths: Sequence[str] = (), finalize: bool = True) -> None:
+  """Clears gin, then parses files and bindings in T5X's order (files first).
+
+  Raises GinConfigError naming the file or binding that failed.
+  """
+  gin.clear_config(clear_constants=False)
+  for path in search_paths(gin_search_paths):
+    gin.add_config_file_search_path(path)
+  for name in gin_files:
+    if not _find_gin_file(name, gin_search_paths):
+      raise GinConfigError(
+          f"gin file {name!r} not found; searched the working directory and "
+          f"{', '.join(search_paths(gin_search_paths))}")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
+  except Exception as e:  # gin raises ValueError, IOError, ParseError, ...
+    raise GinConfigError(f"invalid gin in {', '.join(gin_files) or 'files'}: {e}") from e
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except Exception as e:
+      raise GinConfigError(
+          f"invalid gin binding --gin.{binding}: {e}. Bindings look like "
+          "--gin.TRAIN_STEPS=1000 or --gin.MODEL_DIR=\"'/tmp/run'\"; names must be "
+          "configurables or macros defined by the gin files") from e
+  if finalize:
+    gin.finalize()
+
+
+def _find_gin_file(name: str, extra_paths: Sequence[str]) -> bool:
+  if os.path.exists(name):
+    return True
+  return any(os.path.exists(os.path.join(p, name)) for p in search_paths(extra_paths))
+
+
+def macro_value(name: str, default: Any = gin.REQUIRED) -> Any:
+  """The value bound to gin macro `name` (`default` when unbound)."""
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return default
+
+
+def require_macros(names: Iterable[str], *, run_file: str = "the run file") -> None:
+  """Raises GinConfigError naming every macro in `names` that is unset or REQUIRED."""
+  missing = [n for n in names if _is_required(macro_value(n))]
+  if missing:
+    flags = " ".join(f"--gin.{n}=..." for n in missing)
+    raise GinConfigError(
+        f"{run_file} needs {', '.join(missing)} set; add {flags} or bind them in a gin file")
+
+
+def _is_required(value: Any) -> bool:
+  return value is gin.REQUIRED or repr(value) == "%gin.REQUIRED"
+
+
+def write_config_files(model_dir: str | os.PathLike, *, operative: bool) -> None:
+  """Writes `config.gin` (as parsed) or `operative_config.gin` (as used) atomically."""
+  from trainer import atomic_files  # local: keeps this module import-light
+  name = "operative_config.gin" if operative else "config.gin"
+  text = gin.operative_config_str() if operative else gin.config_str()
+  atomic_files.write_text(Path(model_dir) / name, text)
