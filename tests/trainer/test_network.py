@@ -1,0 +1,142 @@
+"""The T5 network: shapes, logical axes, packing masks, cached decoding, T5.1.0 vs T5.1.1."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trainer import network
+
+TINY = network.T5Config(vocab_size=64, d_model=32, num_heads=4, d_kv=8, d_ff=48,
+                        num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+
+
+@pytest.fixture(scope="module", params=["t5_1_1", "t5_1_0"])
+def model_and_params(request):
+  cfg = TINY if request.param == "t5_1_1" else TINY.replace(feed_forward="relu",
+                                                            tie_word_embeddings=True)
+  params = nn.unbox(network.init_params(cfg, jax.random.PRNGKey(0)))
+  return network.Transformer(cfg), params
+
+
+def test_every_parameter_has_logical_axes():
+  boxed = network.init_params(TINY, jax.random.PRNGKey(0))
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  names = {n for leaf in leaves for n in leaf.names}
+  assert {"embed", "mlp", "heads", "kv", "vocab", "relpos_buckets"} <= names
+  for leaf in leaves:
+    assert len(leaf.names) == leaf.value.ndim
+    assert leaf.value.dtype == jnp.float32
+
+
+def test_variants_have_their_own_parameters():
+  p11 = nn.unbox(network.init_params(TINY, jax.random.PRNGKey(0)))
+  p10 = nn.unbox(network.init_params(TINY.replace(feed_forward="relu", tie_word_embeddings=True),
+                                     jax.random.PRNGKey(0)))
+  assert "logits_dense" in p11["decoder"] and "logits_dense" not in p10["decoder"]
+  assert set(p11["encoder"]["layers_0"]["mlp"]) == {"wi_0", "wi_1", "wo"}
+  assert set(p10["encoder"]["layers_0"]["mlp"]) == {"wi", "wo"}
+  # One relative-position table per stack, shared by its layers.
+  assert "relpos_bias" in p11["encoder"] and "relpos_bias" in p11["decoder"]
+  assert p11["encoder"]["relpos_bias"]["rel_embedding"].shape == (4, 32)
+
+
+def test_relative_position_buckets_match_t5_definition():
+  rel = jnp.arange(-200, 201)
+  bi = np.asarray(network.relative_position_bucket(rel, bidirectional=True, num_buckets=32,
+                                                   max_distance=128))
+  causal = np.asarray(network.relative_position_bucket(rel, bidirectional=False,
+                                                       num_buckets=32, max_distance=128))
+  # Exact buckets for small offsets; keys after the query use the upper half.
+  assert bi[200] == 0 and bi[201] == 17 and bi[199] == 1 and bi[200 + 7] == 23
+  # Far offsets share the last bucket of their half; buckets never decrease with distance.
+  assert bi[0] == 15 and bi[-1] == 31
+  assert np.all(np.diff(bi[:201]) <= 0) and np.all(np.diff(bi[201:]) >= 0)
+  # Causal: future keys all map to bucket 0; the past uses all 32 buckets.
+  assert np.all(causal[200:] == 0) and causal[0] == 31 and causal[199] == 1
+
+
+def test_packed_batch_equals_separate_examples(model_and_params):
+  model, params = model_and_params
+  a_in, a_tgt = [5, 6, 7, 1], [8, 9, 1]
+  b_in, b_tgt = [10, 11, 1], [12, 1]
+
+  def single(inputs, targets):
+    enc = jnp.array([inputs])
+    tgt = jnp.array([targets])
+    dec_in = jnp.array([[0] + targets[:-1]])
+    return np.asarray(model.apply({"params": params}, enc, dec_in, tgt))[0]
+
+  enc = jnp.array([a_in + b_in + [0]])
+  enc_seg = jnp.array([[1] * 4 + [2] * 3 + [0]])
+  tgt = jnp.array([a_tgt + b_tgt + [0]])
+  dec_in = jnp.array([[0] + a_tgt[:-1] + [0] + b_tgt[:-1] + [0]])
+  dec_seg = jnp.array([[1] * 3 + [2] * 2 + [0]])
+  packed = np.asarray(model.apply({"params": params}, enc, dec_in, tgt,
+                                  encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg))[0]
+  np.testing.assert_allclose(packed[:3], single(a_in, a_tgt), atol=1e-5)
+  np.testing.assert_allclose(packed[3:5], single(b_in, b_tgt), atol=1e-5)
+
+
+def test_padding_does_not_change_real_positions(model_and_params):
+  model, params = model_and_params
+  enc, dec_in, tgt = jnp.array([[5, 6, 7, 1]]), jnp.array([[0, 8, 9]]), jnp.array([[8, 9, 1]])
+  short = model.apply({"params": params}, enc, dec_in, tgt)
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n)))
+  long = model.apply({"params": params}, pad(enc, 5), pad(dec_in, 4), pad(tgt, 4))
+  np.testing.assert_allclose(long[:, :3], short, atol=1e-5)
+
+
+def test_cached_decoding_matches_full_forward(model_and_params):
+  model, params = model_and_params
+  enc = jnp.array([[5, 6, 7, 1, 0, 0], [9, 10, 1, 0, 0, 0]])
+  dec_in = jnp.array([[0, 8, 9, 10, 3], [0, 4, 4, 2, 2]])
+  full = model.apply({"params": params}, enc, dec_in, jnp.ones_like(dec_in))
+  encoded = model.apply({"params": params}, enc, method=model.encode)
+  cache = model.init(jax.random.PRNGKey(0), encoded, enc, dec_in, method=model.decode,
+                     decode=True)["cache"]
+  steps = []
+  for i in range(dec_in.shape[1]):
+    logits, mutated = model.apply({"params": params, "cache": cache}, encoded, enc,
+                                  dec_in[:, i:i + 1], method=model.decode, decode=True,
+                                  mutable=["cache"])
+    cache = mutated["cache"]
+    steps.append(logits[:, 0])
+  np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+
+
+def test_dropout_only_when_enabled():
+  cfg = TINY.replace(dropout_rate=0.5)
+  model = network.Transformer(cfg)
+  params = nn.unbox(network.init_params(cfg, jax.random.PRNGKey(0)))
+  enc, dec = jnp.array([[5, 6, 1]]), jnp.array([[0, 7, 8]])
+  a = model.apply({"params": params}, enc, dec, dec)
+  b = model.apply({"params": params}, enc, dec, dec)
+  np.testing.assert_array_equal(a, b)
+  c = model.apply({"params": params}, enc, dec, dec, enable_dropout=True,
+                  rngs={"dropout": jax.random.PRNGKey(1)})
+  assert not np.allclose(a, c)
+
+
+def test_bfloat16_activations_keep_float32_params_and_logits():
+  cfg = TINY.replace(dtype="bfloat16")
+  params = nn.unbox(network.init_params(cfg, jax.random.PRNGKey(0)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+  logits = network.Transformer(cfg).apply({"params": params}, jnp.array([[5, 1]]),
+                                          jnp.array([[0, 3]]), jnp.array([[3, 1]]))
+  assert logits.dtype == jnp.float32
+  full = network.Transformer(TINY).apply({"params": params}, jnp.array([[5, 1]]),
+                                         jnp.array([[0, 3]]), jnp.array([[3, 1]]))
+  np.testing.assert_allclose(logits, full, atol=0.1 * float(jnp.abs(full).max()))
+
+
+def test_config_errors_name_the_fix():
+  with pytest.raises(ValueError, match="feed_forward"):
+    network.T5Config(feed_forward="swish")
+  with pytest.raises(ValueError, match="with_vocab_size"):
+    network.init_params(network.T5Config(), jax.random.PRNGKey(0))
+  assert network.T5Config().with_vocab_size(32100).vocab_size == 32128
+  with pytest.raises(ValueError, match="smaller than the vocabulary"):
+    network.T5Config(vocab_size=100).with_vocab_size(32100)
