@@ -1,0 +1,134 @@
+"""Demo tasks the project generates itself: no download, deterministic for a seed.
+
+Four small text-to-text problems in the shape of real benchmarks, for `recast demo` and
+for tests that need a learnable task: templated sentiment (SST-2-like), topic
+classification (AG-News-like), entailment (RTE-like) and arithmetic (a generation task).
+`write_demo_data(dir)` writes them as `<dir>/demo/<name>/<split>.jsonl`, the same layout
+as any local dataset, and `register_demo_tasks(dir)` registers `demo_<name>` tasks on it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+from trainer import atomic_files
+
+SPLIT_SIZES = {"train": 2000, "validation": 200}
+
+_SUBJECTS = ["the film", "this movie", "the show", "the book", "the album", "the play",
+             "the restaurant", "this game", "the novel", "the concert"]
+_POSITIVE = ["wonderful", "great", "delightful", "brilliant", "moving", "superb", "charming",
+             "excellent", "fun", "beautiful"]
+_NEGATIVE = ["terrible", "boring", "awful", "dull", "clumsy", "bland", "tedious",
+             "disappointing", "weak", "messy"]
+_INTENSIFIERS = ["", "really ", "truly ", "rather ", "quite ", "very "]
+_CONNECTIVES = ["and", "but also", "and frankly", "and overall"]
+
+_TOPICS = {
+    "sports": ["the team won the final", "a striker scored twice", "the coach praised the "
+               "defence", "the league title race tightened", "the runner broke the record",
+               "fans filled the stadium"],
+    "science": ["researchers measured the particle", "the telescope found a new planet",
+                "a study of cells showed growth", "the experiment confirmed the theory",
+                "chemists built a new molecule", "the lab sequenced the genome"],
+    "business": ["shares rose after the report", "the company cut its forecast",
+                 "investors bought the bonds", "the bank raised interest rates",
+                 "profits fell in the quarter", "the merger was approved"],
+    "politics": ["the senate passed the bill", "voters went to the polls",
+                 "the minister resigned", "parliament debated the budget",
+                 "the president signed the treaty", "the election campaign began"],
+}
+_PLACES = ["on monday", "in london", "this week", "after a long delay", "in the morning",
+           "late on friday", "in berlin", "again"]
+
+_PEOPLE = ["a man", "a woman", "a child", "an old man", "a girl", "a boy", "a teacher",
+           "a doctor"]
+_ACTIVITIES = {
+    "playing guitar": "making music", "reading a book": "reading", "riding a bike": "cycling",
+    "cooking pasta": "making food", "swimming in a lake": "in the water",
+    "painting a wall": "painting", "running on a track": "running",
+    "singing a song": "making music", "eating an apple": "eating", "writing a letter": "writing",
+}
+_SETTINGS = ["in the park", "at home", "near the river", "in a small room", "outside",
+             "on a sunny day"]
+
+_NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                 "nine"]
+
+
+def _sentiment(rng: random.Random) -> dict:
+  label = rng.randrange(2)
+  words = _POSITIVE if label == 1 else _NEGATIVE
+  first, second = rng.sample(words, 2)
+  sentence = (f"{rng.choice(_SUBJECTS)} was {rng.choice(_INTENSIFIERS)}{first} "
+              f"{rng.choice(_CONNECTIVES)} {second}")
+  return {"sentence": sentence, "label": label}
+
+
+def _topic(rng: random.Random) -> dict:
+  label = rng.randrange(len(_TOPICS))
+  text = f"{rng.choice(list(_TOPICS.values())[label])} {rng.choice(_PLACES)}"
+  return {"text": text, "label": label}
+
+
+def _entailment(rng: random.Random) -> dict:
+  person = rng.choice(_PEOPLE)
+  activity = rng.choice(list(_ACTIVITIES))
+  premise = f"{person} is {activity} {rng.choice(_SETTINGS)}."
+  label = rng.randrange(2)  # 0 entailment, 1 not_entailment (GLUE RTE's encoding)
+  if label == 0:
+    hypothesis = f"{person} is {_ACTIVITIES[activity]}."
+  else:
+    other = rng.choice([a for a in _ACTIVITIES if _ACTIVITIES[a] != _ACTIVITIES[activity]])
+    hypothesis = f"{person} is {_ACTIVITIES[other]}."
+  return {"premise": premise, "hypothesis": hypothesis, "label": label}
+
+
+def _arithmetic(rng: random.Random) -> dict:
+  a, b = rng.randrange(10), rng.randrange(10)
+  question = f"what is {_NUMBER_WORDS[a]} plus {_NUMBER_WORDS[b]}?"
+  return {"question": question, "answer": str(a + b)}
+
+
+GENERATORS: dict[str, Callable[[random.Random], dict]] = {
+    "sentiment": _sentiment,
+    "topic": _topic,
+    "entailment": _entailment,
+    "arithmetic": _arithmetic,
+}
+
+LABEL_NAMES = {
+    "sentiment": ["negative", "positive"],
+    "topic": list(_TOPICS),
+    "entailment": ["entailment", "not_entailment"],
+}
+
+
+def generate(name: str, split: str, *, seed: int = 0, num_examples: int | None = None
+             ) -> list[dict]:
+  """Examples of demo task `name`; the same seed and split always give the same list."""
+  rng = random.Random(f"{name}/{split}/{seed}")
+  n = SPLIT_SIZES[split] if num_examples is None else num_examples
+  return [dict(GENERATORS[name](rng), idx=i) for i in range(n)]
+
+
+def write_demo_data(data_dir: str | Path, *, seed: int = 0) -> Path:
+  """Writes every demo task's splits as `<data_dir>/demo/<name>/<split>.jsonl`."""
+  root = Path(data_dir) / "demo"
+  for name in GENERATORS:
+    for split in SPLIT_SIZES:
+      atomic_files.write_jsonl(root / name / f"{split}.jsonl", generate(name, split, seed=seed))
+  return root
+
+
+def vocabulary_text(data_dir: str | Path) -> list[str]:
+  """The demo train splits' text and label names, for building the demo vocabulary."""
+  lines = [name for names in LABEL_NAMES.values() for name in names]
+  for name in GENERATORS:
+    with open(Path(data_dir) / "demo" / name / "train.jsonl", encoding="utf-8") as f:
+      for row in map(json.loads, f):
+        lines.extend(str(v) for k, v in row.items() if k not in ("label", "idx"))
+  return lines

@@ -1,0 +1,66 @@
+"""`recast tasks list/show`: sources and splits, rendered examples, stable JSON."""
+
+import json
+
+import gin
+import pytest
+
+from tasks import inspect as tasks_inspect
+from tasks import sources, vocabularies
+from trainer import cli
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+  monkeypatch.delenv(sources.ENV_VAR, raising=False)
+  monkeypatch.setenv(vocabularies.ENV_VAR, "byte")
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _write_rte(root):
+  folder = root / "glue" / "rte"
+  folder.mkdir(parents=True)
+  folder.joinpath("validation.jsonl").write_text(
+      '{"sentence1": "A cat sat.", "sentence2": "A cat.", "label": 0, "idx": 0}\n'
+      '{"sentence1": "B.", "sentence2": "C.", "label": 1, "idx": 1}\n')
+
+
+def test_list_json_names_sources_and_splits(tmp_path, capsys):
+  _write_rte(tmp_path)
+  assert cli.main(["tasks", "list", "--json", f"--gin.DATA_DIR={tmp_path}"]) == 0
+  listing = json.loads(capsys.readouterr().out)
+  by_name = {t["name"]: t for t in listing["tasks"]}
+  assert by_name["glue_rte"]["source"] == f"local:{tmp_path / 'glue' / 'rte'}"
+  assert by_name["glue_rte"]["splits"] == ["validation"]
+  assert by_name["glue_mnli"]["splits"][:3] == ["train", "validation_matched",
+                                                "validation_mismatched"]
+  assert by_name["glue_cola"]["metrics"] == ["matthews_corrcoef"]
+  assert "unavailable" in by_name["glue_cola"]["source"]  # DATA_DIR lacks glue/cola
+  assert [t["name"] for t in listing["tasks"]] == sorted(by_name)
+  assert sorted(listing) == ["mixtures", "tasks"]
+  assert cli.main(["tasks", "list"]) == 0
+  assert "tfds:glue/rte:2.0.0  [train, validation, test]" in capsys.readouterr().out
+
+
+def test_show_json_gives_text_ids_and_lengths(tmp_path, capsys):
+  _write_rte(tmp_path)
+  assert cli.main(["tasks", "show", "glue_rte", "--split", "validation", "-n", "1", "--json",
+                   f"--gin.DATA_DIR={tmp_path}"]) == 0
+  shown = json.loads(capsys.readouterr().out)
+  assert shown["split"] == "validation" and shown["vocabulary"]["type"] == "byte"
+  [ex] = shown["examples"]
+  assert ex["inputs"] == "rte sentence1: A cat sat. sentence2: A cat."
+  assert ex["targets"] == "entailment"
+  assert ex["targets_ids"] == [b + 3 for b in b"entailment"] + [1]
+  assert ex["targets_length"] == 11 and ex["inputs_length"] == len(ex["inputs"]) + 1
+
+
+def test_unknown_names_and_splits_are_user_errors(tmp_path, capsys):
+  assert cli.main(["tasks", "show", "glue_rtee"]) == 2
+  assert "did you mean glue_rte" in capsys.readouterr().err
+  _write_rte(tmp_path)
+  gin.parse_config(f"DATA_DIR = '{tmp_path}'")
+  with pytest.raises(sources.LocalDataError, match="no split 'train'.*available: validation"):
+    tasks_inspect.show_examples("glue_rte", split="train")

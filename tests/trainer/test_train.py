@@ -1,0 +1,229 @@
+"""`recast train`: input pipeline, overfitting real RTE examples, and errors for bad input.
+
+The toy task here (`register_toy_rte`) is also what test_resume and test_multiprocess
+train on, in subprocesses; it reads the first 64 rows of ../shared/data/glue/rte.
+"""
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
+             "sentencepiece.model")
+TOY_TASK = "toy_rte_64"
+LABELS = ("entailment", "not_entailment")
+
+
+def register_toy_rte(data_dir, *, name: str = TOY_TASK, num_examples: int = 64) -> str:
+  """Registers a seqio task over the first `num_examples` RTE train rows (train and
+  validation are the same rows), tokenised with seqio's 26-piece test vocabulary."""
+  import seqio
+  import tensorflow as tf
+  if name in seqio.TaskRegistry.names():
+    return name
+  rows = []
+  with open(Path(data_dir) / "glue/rte/train.jsonl") as f:
+    for line in f:
+      rows.append(json.loads(line))
+      if len(rows) == num_examples:
+        break
+  inputs = [f"rte sentence1: {r['sentence1']} sentence2: {r['sentence2']}" for r in rows]
+  targets = [LABELS[r["label"]] for r in rows]
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
+
+  vocab = seqio.SentencePieceVocabulary(str(TOY_VOCAB))
+  features = {"inputs": seqio.Feature(vocab, add_eos=True),
+              "targets": seqio.Feature(vocab, add_eos=True)}
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(dataset_fn, splits=("train", "validation")),
+      output_features=features,
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      shuffle_buffer_size=64)
+  return name
+
+
+# Registers the toy task and runs `recast train` in a subprocess. With HANG_AT set, the
+# run stops making progress after writing the metrics of that step (so test_resume can
+# kill it at a known point).
+DRIVER = textwrap.dedent("""
+    import importlib.util, os, sys, time
+    spec = importlib.util.spec_from_file_location("toy", {test_train!r})
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    toy.register_toy_rte({data!r})
+    from trainer import cli, metrics_writer
+    hang_at = int(os.environ.get("HANG_AT", "0"))
+    if hang_at:
+      write = metrics_writer.MetricsWriter.write
+      def write_then_hang(self, step, *args, **kwargs):
+        write(self, step, *args, **kwargs)
+        if step == hang_at:
+          open(os.path.join(self.model_dir, "hanging"), "w").close()
+          time.sleep(600)
+      metrics_writer.MetricsWriter.write = write_then_hang
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def write_driver(path, data_dir) -> Path:
+  """A script: `python DRIVER train --gin...` trains on the toy task in a subprocess."""
+  path = Path(path)
+  path.write_text(DRIVER.format(test_train=str(Path(__file__).resolve()), data=str(data_dir)))
+  return path
+
+
+@pytest.fixture(scope="module")
+def toy_task(shared_data):
+  return register_toy_rte(shared_data)
+
+
+def _batches(n, **kwargs):
+  from trainer import train
+  ds = train.train_dataset(**kwargs)
+  return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
+
+
+def test_train_dataset_is_deterministic_and_resumes_at_the_right_batch(toy_task):
+  kwargs = dict(mixture_or_task_name=toy_task, batch_size=4, seed=3,
+                task_feature_lengths={"inputs": 32, "targets": 8})
+  first = _batches(6, **kwargs)
+  again = _batches(6, **kwargs)
+  resumed = _batches(3, start_batch=3, **kwargs)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["encoder_input_tokens"], b["encoder_input_tokens"])
+  for a, b in zip(first[3:], resumed):
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+  assert set(first[0]) >= {"encoder_input_tokens", "decoder_target_tokens",
+                           "decoder_segment_ids", "encoder_positions"}
+  assert first[0]["encoder_input_tokens"].shape == (4, 32)
+  other_seed = _batches(1, **{**kwargs, "seed": 4})
+  assert not np.array_equal(first[0]["encoder_input_tokens"],
+                            other_seed[0]["encoder_input_tokens"])
+
+
+def test_process_shards_split_the_examples(toy_task):
+  """Two processes' shards together hold the examples one process reads."""
+  kwargs = dict(mixture_or_task_name=toy_task, batch_size=8, shuffle=False, pack=False,
+                task_feature_lengths={"inputs": 32, "targets": 8})
+  whole = _batches(1, **kwargs)[0]["encoder_input_tokens"]
+  halves = [_batches(1, **{**kwargs, "batch_size": 4, "shard_index": i, "num_shards": 2})[0]
+            for i in range(2)]
+  rows = lambda a: sorted(map(tuple, a))
+  assert rows(np.concatenate([h["encoder_input_tokens"] for h in halves])) == rows(whole)
+  assert rows(halves[0]["encoder_input_tokens"]) != rows(halves[1]["encoder_input_tokens"])
+
+
+def test_batch_counts_counts_packed_examples_and_tokens():
+  from trainer import train
+  batch = {"encoder_input_tokens": np.array([[5, 6, 1, 7, 1, 0], [4, 1, 0, 0, 0, 0]]),
+           "decoder_target_tokens": np.array([[3, 1, 3, 1], [2, 1, 0, 0]]),
+           "decoder_segment_ids": np.array([[1, 1, 2, 2], [1, 1, 0, 0]])}
+  assert train.batch_counts(batch) == (3, 13)
+
+
+def test_truncation_is_reported_and_too_much_is_an_error(toy_task):
+  from trainer import train
+  lengths = {"inputs": 64, "targets": 16}
+  report = train.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=lengths)
+  # Every RTE input is longer than 64 pieces of the toy vocabulary; no target is.
+  assert report["inputs"]["fraction"] == 1.0
+  assert report["targets"]["fraction"] == 0.0
+  assert report["targets"]["longest"] == 16  # "not_entailment" + EOS
+  with pytest.raises(train.TrainingError, match=r"inputs: 100.0% longer than 64"):
+    train.check_truncation(report, task_feature_lengths=lengths, max_fraction=0.1,
+                           name=toy_task)
+  warning = train.check_truncation(report, task_feature_lengths=lengths, max_fraction=1.0,
+                                   name=toy_task)
+  assert f"'inputs': {max(64, -(-report['inputs']['p99'] // 8) * 8)}" in warning
+  fits = {"inputs": 4096, "targets": 16}
+  assert train.check_truncation(
+      train.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=fits),
+      task_feature_lengths=fits, max_fraction=0.0, name=toy_task) is None
+
+
+def test_unknown_task_names_close_matches(toy_task):
+  from trainer import errors, train
+  with pytest.raises(errors.UserError, match=r"toy_rte_46.*did you mean toy_rte_64"):
+    train.get_mixture_or_task("toy_rte_46")
+
+
+def test_drop_metrics_after_removes_rows_of_a_killed_run(tmp_path):
+  from trainer import metrics_writer, train
+  writer = metrics_writer.MetricsWriter(tmp_path, tensorboard=False)
+  for step in (10, 20, 30):
+    writer.write(step, "train", "", {"loss": 1.0 / step})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 40, "spl')  # torn by a kill
+  assert train.drop_metrics_after(tmp_path, 20) == 1
+  assert [r["step"] for r in metrics_writer.read_metrics(tmp_path)] == [10, 20]
+  writer.write(30, "train", "", {"loss": 0.5})
+  assert [r["step"] for r in metrics_writer.read_metrics(tmp_path)] == [10, 20, 30]
+
+
+def toy_run_flags(model_dir, *, steps, task=TOY_TASK, extra=()):
+  """`recast train` flags for the tiny model on the toy task (no dropout, lr 1e-2)."""
+  return ["train", "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/finetune.gin",
+          f"--gin.MODEL_DIR={model_dir}", f"--gin.MIXTURE_OR_TASK_NAME={task}",
+          "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+          f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=64", "--gin.DROPOUT_RATE=0.0",
+          "--gin.LEARNING_RATE=0.01", "--gin.EVAL_PERIOD=0",
+          "--gin.train.max_truncated_fraction=1.0", *extra]
+
+
+def _teacher_forced_sequence_accuracy(model_dir, task):
+  """Fraction of examples whose whole target sequence is the argmax, from the last
+  checkpoint's parameters."""
+  import jax
+  import seqio
+  from trainer import network, run_checkpoints
+  step_dir = Path(model_dir) / f"checkpoint_{run_checkpoints.checkpoint_steps(model_dir)[-1]}"
+  meta = run_checkpoints.read_meta(step_dir)
+  config = network.T5Config(**meta["model"])
+  params = run_checkpoints.load_initial_params(step_dir, expected_params=None if False else
+                                               _shapes(config), vocabulary=None)
+  ds = seqio.get_dataset(task, {"inputs": 64, "targets": 16}, dataset_split="train",
+                         shuffle=False, feature_converter=seqio.EncDecFeatureConverter(
+                             pack=False))
+  batch = next(ds.batch(64).as_numpy_iterator())
+  logits = network.Transformer(config).apply(
+      {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"])
+  predicted = np.asarray(jax.numpy.argmax(logits, -1))
+  targets = batch["decoder_target_tokens"]
+  correct = np.all((predicted == targets) | (targets == 0), axis=1)
+  return float(np.mean(correct)), len(targets)
+
+
+def _shapes(config):
+  import flax.linen as nn
+  import jax
+  from trainer import network
+  return jax.eval_shape(lambda r: nn.unbox(network.init_params(config, r)),
+                        jax.random.PRNGKey(0))
+
+
+def test_tiny_model_overfits_64_rte_examples(toy_task, tmp_path, capsys):
+  from trainer import cli, metrics_writer
+  model_dir = tmp_path / "run"
+  assert cli.main(toy_run_flags(model_dir, steps=150,
+                                extra=["--gin.train.stats_period=50"])) == 0
+  accuracy, count = _teacher_forced_sequence_accuracy(model_dir, toy_task)
+  assert count == 64
+  assert accuracy == 1.0
+  rows = [r for r in metrics_writer.read_metrics(model_dir) if r["metric"] == "loss"]
+  assert [r["step"] for r in rows] == [50, 100, 150]
+  assert rows[-1]["value"] < 0.05 < rows[0]["value"]
+  assert (model_dir / "config.gin").is_file()
+  assert "T5Config.d_model = 64" in (model_dir / "operative_config.gin").read_text()
+  out = capsys.readouterr()
+  assert "step 150/150 loss" in out.out and "tokens/s" in out.out and "ETA" in out.out
+  assert "truncated" in out.err  # every input is longer than 64 toy-vocabulary pieces

@@ -1,0 +1,487 @@
+"""`recast train`: the training loop, from gin run files to checkpoints and metrics.
+
+One call of `train` (gin-configured by gin/runs/pretrain.gin or finetune.gin) reads the
+task's packed batches through seqio, restores the newest checkpoint in MODEL_DIR (else
+INITIAL_CHECKPOINT_PATH, else random init), runs the jitted train step, logs, evaluates
+every EVAL_PERIOD and checkpoints every CHECKPOINT_PERIOD. A killed run started again with
+the same flags continues where its last checkpoint left off, data stream included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from trainer import (atomic_files, errors, gin_config, metrics_writer, network, optimizers,
+                     partitioning, run_checkpoints, train_state as train_state_lib)
+from trainer.network import T5Config
+
+REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
+TRUNCATION_SAMPLE = 1000
+
+
+class TrainingError(errors.UserError):
+  """The run cannot go on (e.g. a non-finite loss); the message says what to change."""
+
+
+# ------------------------------------------------------------------------------------------
+# Input
+
+
+def get_mixture_or_task(name: str):
+  """The registered seqio Task or Mixture `name`; unknown names get close matches."""
+  import seqio
+  _register_tasks()
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    pass
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+  hint = (f"did you mean {', '.join(close)}?" if close else
+          f"{len(known)} are registered; list them with `recast tasks`")
+  raise errors.UserError(
+      f"no task or mixture named {name!r}; {hint} (a task file passed with --tasks_file "
+      "registers more)")
+
+
+def _register_tasks() -> None:
+  """Imports the packages whose import registers recast's tasks and mixtures."""
+  import importlib
+  for package in ("tasks", "mixtures"):
+    try:
+      importlib.import_module(package)
+    except ModuleNotFoundError as e:
+      if e.name != package:
+        raise
+
+
+def output_vocabulary(mixture_or_task):
+  features = mixture_or_task.output_features
+  if "targets" not in features:
+    raise errors.UserError(f"{mixture_or_task.name} has no 'targets' feature; an "
+                           "encoder-decoder task needs inputs and targets")
+  return features["targets"].vocabulary
+
+
+def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                  batch_size: int, split: str = "train", shuffle: bool = True, seed: int = 0,
+                  use_cached: bool = False, pack: bool = True, shard_index: int = 0,
+                  num_shards: int = 1, start_batch: int = 0):
+  """This process's endless stream of training batches, as a tf.data.Dataset.
+
+  Args:
+    batch_size: this process's rows per batch (the global batch / process count).
+    shard_index, num_shards: this process's shard of the examples (seqio.ShardInfo).
+    start_batch: batches already consumed (a checkpoint's `data_position`); skipped, so a
+      resumed run sees exactly the batches a run without interruption would.
+  Returns:
+    Batches of seqio.EncDecFeatureConverter's features, int32 [batch_size, length]:
+    encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights
+    and, packed, encoder/decoder_segment_ids and _positions. Deterministic for a seed.
+  """
+  import seqio
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      dataset_split=split, use_cached=use_cached, shuffle=shuffle, num_epochs=None,
+      seed=seed, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+      feature_converter=seqio.EncDecFeatureConverter(pack=pack), verbose=False)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  if start_batch:
+    ds = ds.skip(start_batch)
+  return ds.prefetch(2)
+
+
+def truncation_report(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                      split: str = "train", use_cached: bool = False,
+                      num_examples: int = TRUNCATION_SAMPLE) -> dict[str, dict]:
+  """How many of the first `num_examples` examples are longer than the feature lengths.
+
+  Returns {feature: {"fraction": truncated fraction, "longest": longest length seen,
+  "p99": 99th-percentile length}} for each feature in `task_feature_lengths`.
+  """
+  import seqio
+  task = seqio.get_mixture_or_task(mixture_or_task_name)
+  try:  # No sequence length: preprocessors that trim (append_eos_after_trim) do not.
+    ds = task.get_dataset(None, split=split, use_cached=use_cached, shuffle=False,
+                          num_epochs=1, trim_output_features=False)
+  except Exception:  # Objectives (span corruption) need lengths, and produce fitting ones.
+    ds = task.get_dataset(dict(task_feature_lengths), split=split, use_cached=use_cached,
+                          shuffle=False, num_epochs=1, trim_output_features=False)
+  lengths: dict[str, list[int]] = {name: [] for name in task_feature_lengths}
+  for example in ds.take(num_examples).as_numpy_iterator():
+    for name in lengths:
+      lengths[name].append(int(np.size(example[name])))
+  report = {}
+  for name, seen in lengths.items():
+    seen = np.asarray(seen or [0])
+    report[name] = {"fraction": float(np.mean(seen > task_feature_lengths[name])),
+                    "longest": int(seen.max()), "p99": int(np.ceil(np.percentile(seen, 99)))}
+  return report
+
+
+def check_truncation(report: Mapping[str, dict], *, task_feature_lengths: Mapping[str, int],
+                     max_fraction: float, name: str) -> Optional[str]:
+  """A warning when examples get truncated; TrainingError above `max_fraction`."""
+  cut = {k: v for k, v in report.items() if v["fraction"] > 0}
+  if not cut:
+    return None
+  suggested = {k: max(task_feature_lengths[k], _round_up(v["p99"], 8)) for k, v in
+               report.items()}
+  detail = "; ".join(f"{k}: {v['fraction']:.1%} longer than {task_feature_lengths[k]} "
+                     f"(longest {v['longest']}, 99% fit in {v['p99']})" for k, v in cut.items())
+  message = (f"{name}: examples will be truncated by TASK_FEATURE_LENGTHS ({detail}); to keep "
+             f"99% whole, set --gin.TASK_FEATURE_LENGTHS=\"{suggested}\"")
+  if max(v["fraction"] for v in cut.values()) > max_fraction:
+    raise TrainingError(f"{message}. (More than {max_fraction:.0%} truncated is an error; "
+                        "accept it with --gin.train.max_truncated_fraction=1.0)")
+  return message
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def batch_counts(batch: Mapping[str, np.ndarray]) -> tuple[int, int]:
+  """(examples, non-padding tokens) in a batch; packed rows hold several examples."""
+  targets = batch["decoder_target_tokens"]
+  if "decoder_segment_ids" in batch:
+    examples = int(np.sum(np.max(batch["decoder_segment_ids"], axis=1)))
+  else:
+    examples = int(np.sum(np.any(targets > 0, axis=1)))
+  tokens = int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(targets > 0))
+  return examples, tokens
+
+
+# ------------------------------------------------------------------------------------------
+# Progress
+
+
+class ProgressLog:
+  """A line every `period` steps (step, loss, learning rate, examples/s, tokens/s, ETA);
+  a tqdm bar as well when stderr is a terminal. Only process 0 prints."""
+
+  def __init__(self, *, start_step: int, train_steps: int, period: int, enabled: bool):
+    self.train_steps, self.period, self.enabled = train_steps, max(1, period), enabled
+    self._bar = None
+    if enabled and sys.stderr.isatty():
+      from tqdm import tqdm
+      self._bar = tqdm(total=train_steps, initial=start_step, unit="step", dynamic_ncols=True)
+    self._reset(start_step)
+
+  def _reset(self, step: int) -> None:
+    self._step0, self._time0 = step, time.perf_counter()
+    self._examples = self._tokens = 0
+
+  def update(self, step: int, examples: int, tokens: int) -> None:
+    self._examples += examples
+    self._tokens += tokens
+    if self._bar is not None:
+      self._bar.update(1)
+
+  def line(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
+    """Prints the period's line; returns its throughput numbers (for metrics.jsonl)."""
+    elapsed = max(time.perf_counter() - self._time0, 1e-9)
+    steps = max(step - self._step0, 1)
+    rates = {"examples_per_second": self._examples / elapsed,
+             "tokens_per_second": self._tokens / elapsed}
+    eta = (self.train_steps - step) * elapsed / steps
+    if self.enabled:
+      lr = metrics.get("learning_rate")
+      text = (f"step {step}/{self.train_steps} loss {metrics.get('loss', float('nan')):.4f}"
+              + (f" lr {lr:.3g}" if lr is not None else "")
+              + f" examples/s {rates['examples_per_second']:.1f}"
+              f" tokens/s {rates['tokens_per_second']:.0f} ETA {_clock(eta)}")
+      if self._bar is not None:
+        self._bar.write(text)
+      else:
+        print(text, flush=True)
+    self._reset(step)
+    return rates
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def drop_metrics_after(model_dir: str | os.PathLike, step: int) -> int:
+  """Removes metrics.jsonl rows written after checkpoint `step` by a run that was then
+  killed (they will be written again); returns how many were removed."""
+  path = Path(model_dir) / metrics_writer.METRICS_FILE
+  if not path.exists():
+    return 0
+  rows = metrics_writer.read_metrics(model_dir)
+  kept = [r for r in rows if r["step"] <= step]
+  torn = path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+  if len(kept) != len(rows) or torn:  # a torn last line would glue onto the next append
+    atomic_files.write_jsonl(path, kept)
+  return len(rows) - len(kept)
+
+
+# ------------------------------------------------------------------------------------------
+# The loop
+
+
+@gin.configurable(denylist=["config"])
+def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = None, eval_period: int = 0,
+          stats_period: int = 100, seed: int = 0, shuffle: bool = True, pack: bool = True,
+          use_cached: bool = False, split: str = "train", num_microbatches: int = 1,
+          z_loss: float = 1e-4, label_smoothing: float = 0.0,
+          loss_normalizing_factor: Any = "NUM_REAL_TARGET_TOKENS",
+          max_truncated_fraction: float = 0.1, config: Optional[T5Config] = None) -> dict:
+  """Trains until step `train_steps`; returns the last stats period's train metrics.
+
+  Args:
+    model_dir: MODEL_DIR; holds checkpoints, metrics.jsonl, config.gin, TensorBoard files.
+      A checkpoint there is resumed (model, optimizer and data position).
+    mixture_or_task_name: a registered seqio task or mixture.
+    task_feature_lengths: e.g. {"inputs": 512, "targets": 128}.
+    train_steps: the step to stop at, counted across restarts.
+    batch_size: the global batch, over all processes and data-parallel devices.
+    initial_checkpoint_path: parameters to start from when model_dir has no checkpoint: a
+      parameter checkpoint (`recast convert`) or another run; the optimizer starts fresh.
+    checkpoint_period, keep_checkpoints: save every N steps (and at the end); keep newest.
+    eval_period: evaluate every N steps (0: never).
+    stats_period: a log line and train metrics every N steps.
+    seed: data order, parameter initialisation and dropout.
+    shuffle, pack, use_cached, split: how seqio reads the training examples.
+    num_microbatches, z_loss, label_smoothing, loss_normalizing_factor: the train step's
+      (see trainer.train_state.make_train_step).
+    max_truncated_fraction: more examples than this cut by task_feature_lengths is an
+      error (checked on the first 1000 examples).
+    config: the model; default T5Config() as bound by the model gin file.
+  """
+  import jax
+  from tasks import vocabularies
+
+  task = get_mixture_or_task(mixture_or_task_name)
+  vocabulary = output_vocabulary(task)
+  vocab_description = vocabularies.describe(vocabulary)
+  config = (config or T5Config()).with_vocab_size(vocabulary.vocab_size)
+  model_dir = Path(model_dir)
+  is_chief = jax.process_index() == 0
+  partitioner = partitioning.Partitioner()
+  layout = partitioner.get_data_layout(batch_size)
+  optimizer = optimizers.create_optimizer()
+  abstract_state = train_state_lib.abstract_train_state(config, optimizer, partitioner)
+
+  # Everything that can reject the run happens before anything is written.
+  resume_step, resume_meta, initial_params = _restore_source(
+      model_dir, initial_checkpoint_path, expected_params=abstract_state.params,
+      vocabulary=vocab_description)
+  meta = {"model": config.to_dict(), "vocabulary": vocab_description,
+          "mixture_or_task_name": mixture_or_task_name,
+          "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
+          "seed": seed}
+  if resume_meta is None or any(resume_meta.get(k) != meta[k] for k in (
+      "mixture_or_task_name", "task_feature_lengths")):  # (checked when the run started)
+    warning = check_truncation(
+        truncation_report(mixture_or_task_name=mixture_or_task_name,
+                          task_feature_lengths=task_feature_lengths, split=split,
+                          use_cached=use_cached),
+        task_feature_lengths=task_feature_lengths, max_fraction=max_truncated_fraction,
+        name=mixture_or_task_name)
+    if warning and is_chief:
+      print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+  if is_chief:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    gin_config.write_config_files(model_dir, operative=False)
+  checkpoints = run_checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
+  if resume_step is not None:
+    state, restored_meta = checkpoints.restore(resume_step, abstract_state)
+    data_position = int(restored_meta["data_position"])
+    if is_chief:
+      drop_metrics_after(model_dir, resume_step)
+      print(f"resuming from {model_dir}/{run_checkpoints.STEP_PREFIX}_{resume_step}",
+            flush=True)
+  else:
+    state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
+                                               params=initial_params)
+    data_position = 0
+  start_step = int(state.step)
+  if start_step >= train_steps:
+    print(f"{model_dir} is at step {start_step} >= TRAIN_STEPS={train_steps}; nothing to do",
+          flush=True)
+    checkpoints.close()
+    return {}
+
+  model = network.Transformer(config)
+  train_step = train_state_lib.make_train_step(
+      model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
+      label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
+  batches = train_dataset(
+      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+      batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
+      use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
+      num_shards=layout.num_shards, start_batch=data_position).as_numpy_iterator()
+  evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
+                              mixture_or_task_name=mixture_or_task_name,
+                              task_feature_lengths=task_feature_lengths,
+                              eval_period=eval_period)
+  writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief)
+  progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
+                         enabled=is_chief)
+  window: list[dict[str, float]] = []
+  summary: dict[str, float] = {}
+  pending = None  # The last step's metrics, fetched after the next step is dispatched.
+  try:
+    for step in range(start_step + 1, train_steps + 1):
+      local = next(batches)
+      state, metrics = train_step(state, partitioner.shard_batch(local), dropout_rng)
+      if pending is not None:
+        window.append(_fetch_finite(*pending, checkpoints=checkpoints))
+      pending = (step, metrics)
+      examples, tokens = batch_counts(local)
+      progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
+      if step == start_step + 1 and is_chief:
+        gin_config.write_config_files(model_dir, operative=True)
+      stats_due = step % stats_period == 0 or step == train_steps
+      checkpoint_due = step % checkpoint_period == 0 or step == train_steps
+      eval_due = bool(eval_period) and step % eval_period == 0
+      if not (stats_due or checkpoint_due or eval_due):
+        continue
+      window.append(_fetch_finite(*pending, checkpoints=checkpoints))
+      pending = None
+      if stats_due:
+        summary = _summarize(window)
+        summary.update(progress.line(step, summary))
+        writer.write(step, "train", "", summary)
+        window = []
+      if checkpoint_due:
+        checkpoints.save(step, state, meta=dict(
+            meta, data_position=data_position + step - start_step))
+      if eval_due:
+        _evaluate(evaluator, state.params, step=step, writer=writer)
+  finally:
+    progress.close()
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+  return summary
+
+
+def _restore_source(model_dir: Path, initial_checkpoint_path: Optional[str], *,
+                    expected_params: Any, vocabulary: dict
+                    ) -> tuple[Optional[int], Optional[dict], Any]:
+  """(step to resume in model_dir, its metadata, None) or (None, None, initial parameters
+  or None for random init).
+
+  Checks shapes and vocabulary; raises CheckpointError before anything is written."""
+  steps = run_checkpoints.checkpoint_steps(model_dir)
+  if steps:
+    step_dir = model_dir / f"{run_checkpoints.STEP_PREFIX}_{steps[-1]}"
+    meta = run_checkpoints.check_compatible(step_dir, expected_params=expected_params,
+                                            vocabulary=vocabulary)
+    return steps[-1], meta, None
+  if initial_checkpoint_path:
+    return None, None, run_checkpoints.load_initial_params(
+        initial_checkpoint_path, expected_params=expected_params, vocabulary=vocabulary)
+  return None, None, None
+
+
+def _fetch_finite(step: int, metrics: Mapping[str, Any], *,
+                  checkpoints: run_checkpoints.RunCheckpoints) -> dict[str, float]:
+  """Host values of one step's metrics; TrainingError when its loss is not finite (the
+  state that produced it is never saved)."""
+  values = {name: float(value) for name, value in metrics.items()}
+  if not math.isfinite(values["loss"]):
+    checkpoints.wait()
+    last = checkpoints.latest_step()
+    kept = (f"the last good checkpoint, {run_checkpoints.STEP_PREFIX}_{last}, is intact"
+            if last is not None else "no checkpoint was saved")
+    raise TrainingError(
+        f"loss is {values['loss']} at step {step}; stopped, and {kept}. Lower LEARNING_RATE, "
+        "clip gradients (--gin.create_optimizer.max_grad_norm=1.0) or check the data, then "
+        "run again (it resumes from the last checkpoint)")
+  return values
+
+
+def _summarize(window: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  """A stats period's train metrics: means of per-step losses, token-weighted accuracy,
+  the last learning rate."""
+  mean = lambda name: float(np.mean([m[name] for m in window]))
+  out = {name: mean(name) for name in ("loss", "cross_ent_loss", "z_loss", "grad_norm")
+         if name in window[-1]}
+  if "correct_tokens" in window[-1]:
+    total = sum(m["num_tokens"] for m in window)
+    out["accuracy"] = sum(m["correct_tokens"] for m in window) / max(total, 1.0)
+  if "learning_rate" in window[-1]:
+    out["learning_rate"] = window[-1]["learning_rate"]
+  return out
+
+
+def _make_evaluator(*, model_dir: Path, config: T5Config, partitioner: Any,
+                    mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+                    eval_period: int):
+  """EVAL CALL SITE: the eval helper's trainer.evaluation.Evaluator, once it exists."""
+  if not eval_period:
+    return None
+  try:
+    from trainer import evaluation
+  except ModuleNotFoundError as e:
+    if e.name != "trainer.evaluation":
+      raise
+    print("warning: trainer.evaluation is not built yet; EVAL_PERIOD is ignored",
+          file=sys.stderr, flush=True)
+    return None
+  return evaluation.Evaluator(
+      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+      config=config, partitioner=partitioner, model_dir=model_dir)
+
+
+def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.MetricsWriter
+              ) -> None:
+  if evaluator is None:
+    return
+  for task_name, values in evaluator.evaluate(params, step=step).items():
+    writer.write(step, "validation", task_name, values)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--multiprocess", action="store_true",
+      help="join a multi-process run (jax.distributed) before training; automatic when "
+      "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set; without "
+      "them jax detects the cluster (SLURM, TPU pods)")
+
+
+def main(args: argparse.Namespace) -> int:
+  """`recast train --gin_file=models/... --gin_file=runs/finetune.gin --gin.NAME=VALUE`."""
+  if not args.gin_file:
+    raise gin_config.GinConfigError(
+        "recast train needs gin files: a model and a run file, e.g. "
+        "--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
+  _register_tasks()  # Their configurables must exist before gin is parsed and locked.
+  gin_config.parse_gin(args.gin_file, args.gin_bindings,
+                       gin_search_paths=args.gin_search_paths)
+  gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))
+  if not partitioning.initialize_distributed() and args.multiprocess:
+    import jax
+    jax.distributed.initialize()
+  train()
+  return 0
