@@ -10,10 +10,12 @@ as any local dataset, and `register_demo_tasks(dir)` registers `demo_<name>` tas
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Callable
 
+from tasks import specs
 from trainer import atomic_files
 
 SPLIT_SIZES = {"train": 2000, "validation": 200}
@@ -132,3 +134,61 @@ def vocabulary_text(data_dir: str | Path) -> list[str]:
       for row in map(json.loads, f):
         lines.extend(str(v) for k, v in row.items() if k not in ("label", "idx"))
   return lines
+
+
+def cache_dir() -> Path:
+  """Where the demo data lives: $RECAST_CACHE_DIR/demo_data, default ~/.cache/recast/."""
+  base = os.environ.get("RECAST_CACHE_DIR") or Path.home() / ".cache" / "recast"
+  return Path(base) / "demo_data"
+
+
+def ensure_demo_data(data_dir: str | Path | None = None) -> Path:
+  """Writes the demo data under `data_dir` (default `cache_dir()`) unless already there."""
+  data_dir = Path(data_dir) if data_dir else cache_dir()
+  root = data_dir / "demo"
+  if not all((root / n / f"{s}.jsonl").is_file() for n in GENERATORS for s in SPLIT_SIZES):
+    write_demo_data(data_dir)
+  return data_dir
+
+
+def _specs(data_dir: Path) -> list[specs.TextTaskSpec]:
+  files = lambda name: {s: str(data_dir / "demo" / name / f"{s}.jsonl") for s in SPLIT_SIZES}
+  rows = lambda name: generate(name, "train", num_examples=2)
+  return [
+      specs.TextTaskSpec(
+          name="demo_sentiment", source="", splits=tuple(SPLIT_SIZES), files=files("sentiment"),
+          inputs_template=specs.t5_inputs_template("sentiment", ["sentence"]),
+          label_names=tuple(LABEL_NAMES["sentiment"]), metric_names=("accuracy",),
+          description="generated SST-2-like sentiment (recast demo)",
+          example_rows=rows("sentiment")),
+      specs.TextTaskSpec(
+          name="demo_topic", source="", splits=tuple(SPLIT_SIZES), files=files("topic"),
+          inputs_template=specs.t5_inputs_template("topic", ["text"]),
+          label_names=tuple(LABEL_NAMES["topic"]), metric_names=("accuracy", "macro_f1"),
+          description="generated AG-News-like topic classification (recast demo)",
+          example_rows=rows("topic")),
+      specs.TextTaskSpec(
+          name="demo_entailment", source="", splits=tuple(SPLIT_SIZES),
+          files=files("entailment"),
+          inputs_template=specs.t5_inputs_template("entailment", ["premise", "hypothesis"]),
+          label_names=tuple(LABEL_NAMES["entailment"]), metric_names=("accuracy",),
+          description="generated RTE-like entailment (recast demo)",
+          example_rows=rows("entailment")),
+      specs.TextTaskSpec(
+          name="demo_arithmetic", source="", splits=tuple(SPLIT_SIZES),
+          files=files("arithmetic"), inputs_template="arithmetic question: {question}",
+          targets_template="{answer}", label_field=None, metric_names=("accuracy",),
+          description="generated addition questions, answered in digits (recast demo)",
+          example_rows=rows("arithmetic")),
+  ]
+
+
+DEMO_TASKS = ("demo_sentiment", "demo_topic", "demo_entailment", "demo_arithmetic")
+
+
+def register_demo_tasks(data_dir: str | Path | None = None) -> list[str]:
+  """Registers the demo tasks on the data in `data_dir` (written there when missing)."""
+  data_dir = ensure_demo_data(data_dir)
+  for spec in _specs(data_dir):
+    specs.register_text_task(spec, overwrite=True)
+  return list(DEMO_TASKS)

@@ -402,16 +402,18 @@ def _restore_source(model_dir: Path, initial_checkpoint_path: Optional[str], *,
 
 def _fetch_finite(step: int, metrics: Mapping[str, Any], *,
                   checkpoints: run_checkpoints.RunCheckpoints) -> dict[str, float]:
-  """Host values of one step's metrics; TrainingError when its loss is not finite (the
-  state that produced it is never saved)."""
+  """Host values of one step's metrics; TrainingError when its loss or the norm of the
+  parameters it produced is not finite (that state is never saved)."""
   values = {name: float(value) for name, value in metrics.items()}
-  if not math.isfinite(values["loss"]):
+  bad = [f"{name} is {values[name]}" for name in ("loss", "param_norm")
+         if name in values and not math.isfinite(values[name])]
+  if bad:
     checkpoints.wait()
     last = checkpoints.latest_step()
     kept = (f"the last good checkpoint, {run_checkpoints.STEP_PREFIX}_{last}, is intact"
             if last is not None else "no checkpoint was saved")
     raise TrainingError(
-        f"loss is {values['loss']} at step {step}; stopped, and {kept}. Lower LEARNING_RATE, "
+        f"{' and '.join(bad)} at step {step}; stopped, and {kept}. Lower LEARNING_RATE, "
         "clip gradients (--gin.create_optimizer.max_grad_norm=1.0) or check the data, then "
         "run again (it resumes from the last checkpoint)")
   return values

@@ -211,11 +211,25 @@ def _shapes(config):
                         jax.random.PRNGKey(0))
 
 
-def test_tiny_model_overfits_64_rte_examples(toy_task, tmp_path, capsys):
-  from trainer import cli, metrics_writer
-  model_dir = tmp_path / "run"
-  assert cli.main(toy_run_flags(model_dir, steps=150,
-                                extra=["--gin.train.stats_period=50"])) == 0
+@pytest.fixture(scope="module")
+def overfit_run(toy_task, tmp_path_factory):
+  """150 steps of the tiny model on the 64 examples (every batch: 64 of them).
+
+  Returns (MODEL_DIR, what the run printed to stdout, to stderr)."""
+  import contextlib
+  import io
+  from trainer import cli
+  model_dir = tmp_path_factory.mktemp("overfit") / "run"
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = cli.main(toy_run_flags(model_dir, steps=150, extra=["--gin.train.stats_period=50"]))
+  assert code == 0, err.getvalue()
+  return model_dir, out.getvalue(), err.getvalue()
+
+
+def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
+  from trainer import metrics_writer
+  model_dir, out, err = overfit_run
   accuracy, count = _teacher_forced_sequence_accuracy(model_dir, toy_task)
   assert count == 64
   assert accuracy == 1.0
@@ -224,6 +238,110 @@ def test_tiny_model_overfits_64_rte_examples(toy_task, tmp_path, capsys):
   assert rows[-1]["value"] < 0.05 < rows[0]["value"]
   assert (model_dir / "config.gin").is_file()
   assert "T5Config.d_model = 64" in (model_dir / "operative_config.gin").read_text()
-  out = capsys.readouterr()
-  assert "step 150/150 loss" in out.out and "tokens/s" in out.out and "ETA" in out.out
-  assert "truncated" in out.err  # every input is longer than 64 toy-vocabulary pieces
+  assert "step 150/150 loss" in out and "tokens/s" in out and "ETA" in out
+  assert "truncated" in err  # every input is longer than 64 toy-vocabulary pieces
+
+
+def _snapshot(folder):
+  return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in Path(folder).rglob("*")}
+
+
+def _run_cli(flags, capsys):
+  from trainer import cli
+  code = cli.main(flags)
+  return code, capsys.readouterr().err
+
+
+def test_missing_required_macros_are_named(tmp_path, capsys):
+  code, err = _run_cli(["train", "--gin_file=models/t5_1_1/tiny.gin",
+                        "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR={tmp_path / 'r'}",
+                        "--gin.TRAIN_STEPS=10"], capsys)
+  assert code == 2
+  assert "needs MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS set" in err
+  assert "--gin.MIXTURE_OR_TASK_NAME=..." in err and "Traceback" not in err
+  assert not (tmp_path / "r").exists()
+
+
+def test_unknown_task_from_the_command_line(toy_task, tmp_path, capsys):
+  code, err = _run_cli(toy_run_flags(tmp_path / "r", steps=1, task="toy_rte64"), capsys)
+  assert code == 2
+  assert "no task or mixture named 'toy_rte64'; did you mean toy_rte_64?" in err
+  assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_of_another_shape_is_rejected_and_kept(overfit_run, capsys):
+  model_dir = overfit_run[0]
+  before = _snapshot(model_dir)
+  code, err = _run_cli(toy_run_flags(model_dir, steps=300,
+                                     extra=["--gin.T5Config.d_model=32"]), capsys)
+  assert code == 2
+  assert "checkpoint_150 does not fit the model" in err
+  assert "token_embedder/embedding: checkpoint (128, 64) vs model (128, 32)" in err
+  assert _snapshot(model_dir) == before
+
+
+def test_checkpoint_of_another_vocabulary_is_rejected_and_kept(overfit_run, capsys):
+  import seqio
+  model_dir = overfit_run[0]
+  if "toy_rte_bytes" not in seqio.TaskRegistry.names():
+    task = seqio.get_mixture_or_task(TOY_TASK)
+    features = {k: seqio.Feature(seqio.ByteVocabulary(), add_eos=True) for k in
+                ("inputs", "targets")}
+    seqio.TaskRegistry.add("toy_rte_bytes", source=task.source, output_features=features,
+                           preprocessors=task.preprocessors)
+  before = _snapshot(model_dir)
+  code, err = _run_cli(toy_run_flags(model_dir, steps=300, task="toy_rte_bytes"), capsys)
+  assert code == 2
+  assert "vocabulary mismatch" in err and "type: " in err and "'sentencepiece'" in err
+  assert _snapshot(model_dir) == before
+
+
+def test_initial_checkpoint_path_starts_from_its_parameters(overfit_run, tmp_path, capsys):
+  """A parameter checkpoint (recast convert's format) of the overfit model: training
+  starts at step 0 with fresh optimizer state but already-low loss; one of another shape
+  is rejected before anything is written."""
+  from trainer import checkpoints, metrics_writer, network, run_checkpoints
+  model_dir = overfit_run[0]
+  meta = run_checkpoints.read_meta(model_dir / "checkpoint_150")
+  config = network.T5Config(**meta["model"])
+  params = run_checkpoints.load_initial_params(model_dir, expected_params=_shapes(config),
+                                               vocabulary=meta["vocabulary"])
+  ckpt = checkpoints.save_param_checkpoint(tmp_path / "init", params, config=config,
+                                           vocabulary=meta["vocabulary"])
+  small = checkpoints.save_param_checkpoint(
+      tmp_path / "small", _random_params(config.replace(d_ff=32)), config=config)
+  code, err = _run_cli(toy_run_flags(tmp_path / "bad", steps=1, extra=[
+      f"--gin.INITIAL_CHECKPOINT_PATH={small}"]), capsys)
+  assert code == 2 and "does not fit the model" in err and "mlp/wi_0/kernel" in err
+  assert not (tmp_path / "bad").exists()
+
+  assert _run_cli(toy_run_flags(tmp_path / "ft", steps=1, extra=[
+      f"--gin.INITIAL_CHECKPOINT_PATH={ckpt}", "--gin.train.stats_period=1"]), capsys)[0] == 0
+  loss = [r["value"] for r in metrics_writer.read_metrics(tmp_path / "ft")
+          if r["metric"] == "loss"]
+  assert len(loss) == 1 and loss[0] < 0.1  # from scratch the first loss is about 5
+  assert run_checkpoints.read_meta(tmp_path / "ft" / "checkpoint_1")["data_position"] == 1
+
+
+def _random_params(config):
+  import flax.linen as nn
+  import jax
+  from trainer import network
+  return nn.unbox(network.init_params(config, jax.random.PRNGKey(0)))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_task, tmp_path,
+                                                                   capsys):
+  """Step 1 updates with learning rate 0; step 2 with 1e38 blows the parameters up."""
+  from trainer import run_checkpoints
+  model_dir = tmp_path / "nan"
+  code, err = _run_cli(toy_run_flags(model_dir, steps=4, extra=[
+      "--gin.BATCH_SIZE=8", "--gin.CHECKPOINT_PERIOD=1",
+      "--gin.create_optimizer.learning_rate_schedule=@linear_warmup_schedule()",
+      "--gin.linear_warmup_schedule.peak_learning_rate=1e38",
+      "--gin.linear_warmup_schedule.warmup_steps=2",
+      "--gin.linear_warmup_schedule.total_steps=10"]), capsys)
+  assert code == 2
+  assert "at step 2" in err and "checkpoint_1, is intact" in err and "LEARNING_RATE" in err
+  assert run_checkpoints.checkpoint_steps(model_dir) == [1]
