@@ -1,4 +1,6 @@
-"""The 14 downstream corpora of the self-pretraining paper (Krishna et al. 2022), and `dspt14`.
+"""The 14 downstream corpora of the self-pretraining paper (Krishna et al. 2022).
+
+The `dspt14` mixture of them is registered in mixtures/studies.py.
 
 "Downstream datasets make surprisingly good pretraining corpora" pretrains on the train
 split of each of these and fine-tunes on the same dataset. QQP and MNLI are the GLUE tasks
@@ -284,6 +286,3 @@ DSPT14 = ("conll2012_ner", "squad_v1", "swag", "hellaswag", "ag_news", "glue_qqp
 
 for _spec in DSPT_SPECS:
   specs.register_text_task(_spec)
-
-# Rates come with the mixtures work (examples-proportional, temperature); equal for now.
-seqio.MixtureRegistry.add("dspt14", list(DSPT14), default_rate=1.0)

@@ -1,7 +1,8 @@
 """`recast tasks list` and `recast tasks show`: what is registered, and what a model sees.
 
 `list` prints every task and mixture with its source and splits; `show NAME` prints
-rendered examples (input and target text, token ids, lengths). `--json` gives the same
+rendered examples (input and target text, token ids, lengths) and, for a mixture, each
+member's mixing rate and sampling fraction (`-n 0`: the rates alone). `--json` gives the same
 as stable JSON for scripts (keys sorted; one object for `list`, one for `show`).
 """
 
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   show = sub.add_parser("show", help="rendered examples of a task or mixture")
   show.add_argument("name", help="task or mixture name")
   show.add_argument("--split", default=None, help="split (default: the first one)")
-  show.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+  show.add_argument("-n", type=int, default=3,
+                    help="number of examples (default 3; 0: a mixture's rates alone)")
   show.add_argument("--json", action="store_true", help="stable JSON output")
 
 
@@ -78,15 +80,28 @@ def resolve_name(name: str) -> seqio.DatasetProviderBase:
   raise UnknownTaskError(f"no task or mixture named {name!r}{hint}")
 
 
+def mixture_rates(mixture: seqio.Mixture) -> dict[str, dict[str, float]]:
+  """{task: {"rate": its mixing rate, "fraction": its share of the samples}}; raises
+  MixingRateError (naming the task) when a rate cannot be computed."""
+  from mixtures import rates
+  fractions = rates.normalized_rates(mixture)
+  return {t.name: {"rate": float(mixture.get_rate(t)), "fraction": fractions[t.name]}
+          for t in mixture.tasks}
+
+
 def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict[str, Any]:
   """Rendered examples: {"name", "split", "source", "examples": [{task, inputs, targets,
-  inputs_ids, targets_ids, inputs_length, targets_length}]} (lengths count EOS)."""
+  inputs_ids, targets_ids, inputs_length, targets_length}]} (lengths count EOS); for a
+  mixture also "rates" (`mixture_rates`). Tasks are read in order until `n` examples."""
   provider = resolve_name(name)
+  rates = mixture_rates(provider) if isinstance(provider, seqio.Mixture) else None
   task_list = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   splits = _task_splits(task_list[0])
   split = split or (splits[0] if splits else "train")
   examples = []
   for task in task_list:
+    if len(examples) >= n:
+      break
     if split not in _task_splits(task):
       raise sources.LocalDataError(
           f"task {task.name!r} has no split {split!r}; available: "
@@ -95,10 +110,13 @@ def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
     for ex in ds.take(per_task).as_numpy_iterator():
       examples.append(_example_row(task.name, ex))
-  return {"name": name, "split": split, "source": _source_description(task_list[0]),
-          "vocabulary": {k: v for k, v in vocabularies.describe(
-              vocabularies.TASK_VOCABULARY).items() if k != "path"},
-          "examples": examples[:n]}
+  shown = {"name": name, "split": split, "source": _source_description(task_list[0]),
+           "vocabulary": {k: v for k, v in vocabularies.describe(
+               vocabularies.TASK_VOCABULARY).items() if k != "path"},
+           "examples": examples[:n]}
+  if rates is not None:
+    shown["rates"] = rates
+  return shown
 
 
 def _text(value: Any) -> str:
@@ -128,6 +146,10 @@ def _print_list(listing: dict[str, Any]) -> None:
 
 def _print_show(shown: dict[str, Any]) -> None:
   print(f"{shown['name']} ({shown['split']}, {shown['source']})")
+  if "rates" in shown:
+    print(f"\n{'TASK':<28}  {'RATE':>12}  FRACTION")
+    for task, r in shown["rates"].items():
+      print(f"{task:<28}  {r['rate']:>12.6g}  {r['fraction']:.4%}")
   for i, ex in enumerate(shown["examples"]):
     print(f"\n[{i}] {ex['task']}")
     for key in ("inputs", "targets"):
@@ -140,6 +162,7 @@ def _print_show(shown: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> int:
   import tasks  # noqa: F401  (registers the built-in tasks)
+  import mixtures  # noqa: F401  (registers the built-in mixtures)
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   if args.tasks_command == "list":
@@ -147,8 +170,8 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps(listing, indent=2, sort_keys=True)) if args.json else \
         _print_list(listing)
   else:
-    if args.n < 1:
-      raise errors.UserError(f"-n must be at least 1, got {args.n}")
+    if args.n < 0:
+      raise errors.UserError(f"-n must be at least 0, got {args.n}")
     shown = show_examples(args.name, split=args.split, n=args.n)
     print(json.dumps(shown, indent=2, sort_keys=True)) if args.json else _print_show(shown)
   return 0

@@ -1,4 +1,6 @@
-"""The 36 datasets of ColD Fusion's model-recycling evaluation, and the `recycling36` mixture.
+"""The 36 datasets of ColD Fusion's model-recycling evaluation.
+
+The `recycling36` mixture of them is registered in mixtures/studies.py.
 
 ColD Fusion (Don-Yehiya et al. 2022) scores a base model by fine-tuning it on each of these
 and reporting the gain over the base. A dataset that GLUE, SuperGLUE or the self-pretraining
@@ -179,6 +181,3 @@ RECYCLING36 = (
 
 for _spec in RECYCLING_SPECS:
   specs.register_text_task(_spec)
-
-# Rates come with the mixtures work; equal for now.
-seqio.MixtureRegistry.add("recycling36", list(RECYCLING36), default_rate=1.0)

@@ -4,7 +4,8 @@ Per task: teacher-forced `loss` (nats per target token) and `token_accuracy` (0-
 inference evaluation through `seqio.Evaluator` (decode with `trainer.decoding`, seqio
 postprocesses and runs the task's metric functions). A mixture also gets averages, under
 the mixture's name: mean loss and token accuracy, and `average` = the mean over tasks of
-each task's mean inference metric (T5's GLUE/SuperGLUE score when the tasks are those).
+each task's mean inference metric, and `glue_score` / `super_glue_score` (T5's
+definition, trainer/benchmark_scores.py) when every task of the benchmark was evaluated.
 
     results = Evaluator(mixture_or_task_name="glue_rte", config=config,
                         task_feature_lengths={"inputs": 256, "targets": 8}).evaluate(
@@ -29,8 +30,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from trainer import (atomic_files, checkpoints, decoding, errors, gin_config, metrics_writer,
-                     network, partitioning, run_checkpoints)
+from trainer import (atomic_files, benchmark_scores, checkpoints, decoding, errors, gin_config,
+                     metrics_writer, network, partitioning, run_checkpoints)
 from trainer.network import T5Config
 
 PREDICTIONS_DIR = "inference_eval"
@@ -278,6 +279,7 @@ class Evaluator:
     task_means = [np.mean(list(v.values())) for v in inference.values() if v]
     if task_means:
       averages["average"] = float(np.mean(task_means))
+    averages.update(benchmark_scores.benchmark_scores(inference))  # GLUE/SuperGLUE score
     return averages
 
   def close(self) -> None:

@@ -11,7 +11,7 @@ import importlib.util  # noqa: F401  (gin 0.5.0 needs it loaded for relative inc
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import gin
 
@@ -86,13 +86,16 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], *,
   gin.clear_config(clear_constants=False)
   for path in search_paths(gin_search_paths):
     gin.add_config_file_search_path(path)
+  resolved = []
   for name in gin_files:
-    if not _find_gin_file(name, gin_search_paths):
+    path = _find_gin_file(name, gin_search_paths)
+    if path is None:
       raise GinConfigError(
           f"gin file {name!r} not found; searched the working directory and "
           f"{', '.join(search_paths(gin_search_paths))}")
+    resolved.append(path)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
+    gin.parse_config_files_and_bindings(resolved, None, finalize_config=False)
   except Exception as e:  # gin raises ValueError, IOError, ParseError, ...
     raise GinConfigError(f"invalid gin in {', '.join(gin_files) or 'files'}: {e}") from e
   for binding in bindings:
@@ -107,10 +110,12 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], *,
     gin.finalize()
 
 
-def _find_gin_file(name: str, extra_paths: Sequence[str]) -> bool:
-  if os.path.exists(name):
-    return True
-  return any(os.path.exists(os.path.join(p, name)) for p in search_paths(extra_paths))
+def _find_gin_file(name: str, extra_paths: Sequence[str]) -> Optional[str]:
+  """The path gin would read for `name`: as given, else under the search paths."""
+  for candidate in [name] + [os.path.join(p, name) for p in search_paths(extra_paths)]:
+    if os.path.isfile(candidate):
+      return candidate
+  return None
 
 
 def macro_value(name: str, default: Any = gin.REQUIRED) -> Any:

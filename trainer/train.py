@@ -16,13 +16,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
 
-from trainer import (atomic_files, errors, gin_config, metrics_writer, network, optimizers,
-                     partitioning, run_checkpoints, train_state as train_state_lib)
+from trainer import (atomic_files, errors, evaluation, gin_config, metrics_writer, network,
+                     optimizers, partitioning, run_checkpoints, train_state as train_state_lib)
 from trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
@@ -246,7 +246,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           use_cached: bool = False, split: str = "train", num_microbatches: int = 1,
           z_loss: float = 1e-4, label_smoothing: float = 0.0,
           loss_normalizing_factor: Any = "NUM_REAL_TARGET_TOKENS",
-          max_truncated_fraction: float = 0.1, config: Optional[T5Config] = None) -> dict:
+          max_truncated_fraction: float = 0.1, config: Optional[T5Config] = None,
+          eval_mixture_or_task_name: Optional[str] = None,
+          train_step_factory: Optional[Callable[..., Any]] = None) -> dict:
   """Trains until step `train_steps`; returns the last stats period's train metrics.
 
   Args:
@@ -268,6 +270,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     max_truncated_fraction: more examples than this cut by task_feature_lengths is an
       error (checked on the first 1000 examples).
     config: the model; default T5Config() as bound by the model gin file.
+    eval_mixture_or_task_name: evaluate on this instead of mixture_or_task_name (e.g. a
+      distillation run trains on teacher-labelled transfer data, evaluates on the task).
+    train_step_factory: replaces `train_state.make_train_step` (same arguments and
+      returned step), e.g. `trainer.distillation.make_distill_train_step` with its teacher.
   """
   import jax
   from tasks import vocabularies
@@ -327,7 +333,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     return {}
 
   model = network.Transformer(config)
-  train_step = train_state_lib.make_train_step(
+  train_step = (train_step_factory or train_state_lib.make_train_step)(
       model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
       label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
   batches = train_dataset(
@@ -336,9 +342,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
       num_shards=layout.num_shards, start_batch=data_position).as_numpy_iterator()
   evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
-                              mixture_or_task_name=mixture_or_task_name,
+                              mixture_or_task_name=(eval_mixture_or_task_name
+                                                    or mixture_or_task_name),
                               task_feature_lengths=task_feature_lengths,
-                              eval_period=eval_period)
+                              eval_period=eval_period, use_cached=use_cached)
   writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief)
   progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
                          enabled=is_chief)
@@ -375,6 +382,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         _evaluate(evaluator, state.params, step=step, writer=writer)
   finally:
     progress.close()
+    if evaluator is not None:
+      evaluator.close()
     checkpoints.wait()
     checkpoints.close()
     writer.close()
@@ -423,7 +432,8 @@ def _summarize(window: Sequence[Mapping[str, float]]) -> dict[str, float]:
   """A stats period's train metrics: means of per-step losses, token-weighted accuracy,
   the last learning rate."""
   mean = lambda name: float(np.mean([m[name] for m in window]))
-  out = {name: mean(name) for name in ("loss", "cross_ent_loss", "z_loss", "grad_norm")
+  out = {name: mean(name) for name in ("loss", "cross_ent_loss", "z_loss", "grad_norm",
+                                       "distill_gold_loss", "distill_kl")
          if name in window[-1]}
   if "correct_tokens" in window[-1]:
     total = sum(m["num_tokens"] for m in window)
@@ -435,21 +445,14 @@ def _summarize(window: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def _make_evaluator(*, model_dir: Path, config: T5Config, partitioner: Any,
                     mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                    eval_period: int):
-  """EVAL CALL SITE: the eval helper's trainer.evaluation.Evaluator, once it exists."""
+                    eval_period: int, use_cached: bool):
+  """The evaluation run every EVAL_PERIOD (split, batch size, decoding: gin-bind
+  `Evaluator.*`); None when EVAL_PERIOD is 0."""
   if not eval_period:
-    return None
-  try:
-    from trainer import evaluation
-  except ModuleNotFoundError as e:
-    if e.name != "trainer.evaluation":
-      raise
-    print("warning: trainer.evaluation is not built yet; EVAL_PERIOD is ignored",
-          file=sys.stderr, flush=True)
     return None
   return evaluation.Evaluator(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
-      config=config, partitioner=partitioner, model_dir=model_dir)
+      config=config, partitioner=partitioner, model_dir=model_dir, use_cached=use_cached)
 
 
 def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.MetricsWriter
@@ -480,10 +483,14 @@ def main(args: argparse.Namespace) -> int:
         "--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
   _register_tasks()  # Their configurables must exist before gin is parsed and locked.
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths)
+                       gin_search_paths=args.gin_search_paths, finalize=False)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))
+  gin.finalize()
   if not partitioning.initialize_distributed() and args.multiprocess:
     import jax
     jax.distributed.initialize()
-  train()
+  try:
+    train()
+  except errors.UserError as e:  # Without the "In call to configurable" line gin appends.
+    raise errors.UserError(str(e).split("\n  In call to configurable")[0]) from None
   return 0

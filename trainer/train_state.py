@@ -9,7 +9,7 @@ one global batch: forward, loss (`trainer.losses`), gradient accumulation over
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import flax.struct
@@ -26,6 +26,8 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 TrainStep = Callable[["TrainState", Batch, Array], tuple["TrainState", dict[str, Array]]]
 EvalStep = Callable[[Any, Batch], dict[str, Array]]
+# (params, batch, dropout_rng, frozen) -> (loss, summable metrics); see make_train_step.
+LossFn = Callable[[Any, Batch, Array, Any], tuple[Array, dict[str, Array]]]
 
 
 @flax.struct.dataclass
@@ -131,6 +133,7 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
                     z_loss: float = 1e-4, label_smoothing: float = 0.0,
                     loss_normalizing_factor: losses.LossNormalizingFactor = (
                         losses.SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS),
+                    loss_fn: Optional[LossFn] = None, frozen_shardings: Any = None,
                     ) -> TrainStep:
   """One jitted `train_step(state, batch, rng) -> (new_state, metrics)`; state is donated.
 
@@ -141,11 +144,20 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
     num_microbatches: gradient accumulation; the global batch must divide into
       num_microbatches * data-parallel size rows. Same update as one big batch.
     z_loss, label_smoothing, loss_normalizing_factor: see `trainer.losses`.
+    loss_fn: replaces the cross-entropy loss (distillation does):
+      `loss_fn(params, batch, dropout_rng, frozen) -> (loss, metrics)`, traced in the
+      partitioner's activation context; its metrics are sums, at least compute_loss's.
+    frozen_shardings: the shardings of `frozen`, then a 4th argument of the step
+      (`train_step(state, batch, rng, frozen)`, e.g. a teacher's parameters), handed to
+      every loss_fn call; never donated, never updated.
 
   The batch is seqio EncDecFeatureConverter output, int32 [batch, length]:
   encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
   and for packed batches encoder/decoder_segment_ids and _positions. `rng` is a key
-  shared by all steps; the dropout key of a step is fold_in(rng, step).
+  shared by all steps; the dropout key of a step is fold_in(rng, step). Pass states whose
+  arrays sit in their shardings (from `create_train_state`, the step itself, or a restore
+  into `abstract_train_state`): an uncommitted array (e.g. `jnp.asarray(5)` as step)
+  makes jit compile the step again.
 
   Metrics (float32 scalars): loss, z_loss, cross_ent_loss, accuracy, correct_tokens,
   num_tokens, weight_sum, learning_rate (the rate this update used), grad_norm (global
@@ -157,19 +169,23 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
   shardings = train_state_shardings(config, optimizer, partitioner)
   loss_kwargs = dict(z_loss=z_loss, label_smoothing=label_smoothing)
 
-  def loss_fn(params, batch, dropout_rng):
-    with partitioner.activation_context():
-      logits = model.apply({"params": params}, **_model_inputs(batch),
-                           enable_dropout=config.dropout_rate > 0,
-                           rngs={"dropout": dropout_rng})
+  def cross_entropy_loss_fn(params, batch, dropout_rng, frozen):
+    del frozen
+    logits = model.apply({"params": params}, **_model_inputs(batch),
+                         enable_dropout=config.dropout_rate > 0,
+                         rngs={"dropout": dropout_rng})
     return losses.compute_loss(logits, batch, **loss_kwargs)
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  def traced_loss_fn(params, batch, dropout_rng, frozen):
+    with partitioner.activation_context():
+      return (loss_fn or cross_entropy_loss_fn)(params, batch, dropout_rng, frozen)
+
+  grad_fn = jax.value_and_grad(traced_loss_fn, has_aux=True)
 
   def constrain(grads):
     return jax.lax.with_sharding_constraint(grads, shardings.params)
 
-  def train_step(state: TrainState, batch: Batch, rng: Array):
+  def train_step(state: TrainState, batch: Batch, rng: Array, frozen: Any = None):
     dropout_rng = jax.random.fold_in(rng, state.step)
     factor, weights = losses.get_loss_normalizing_factor_and_weights(
         loss_normalizing_factor, batch)
@@ -180,7 +196,7 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
     _check_microbatches(batch["decoder_target_tokens"].shape[0], num_microbatches,
                         partitioner.num_data_shards)
     if num_microbatches == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+      (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, frozen)
     else:
       micro = _split_microbatches(batch, num_microbatches)
       micro = {name: x if x.ndim == 1 else jax.lax.with_sharding_constraint(
@@ -190,15 +206,18 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
       def accumulate(carry, inputs):
         grads_sum, metrics_sum = carry
         index, mb = inputs
-        (_, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(dropout_rng, index))
+        (_, metrics), grads = grad_fn(state.params, mb, jax.random.fold_in(dropout_rng, index),
+                                      frozen)
         grads_sum = constrain(jax.tree_util.tree_map(jnp.add, grads_sum, grads))
         metrics_sum = jax.tree_util.tree_map(jnp.add, metrics_sum, metrics)
         return (grads_sum, metrics_sum), None
 
       zero_grads = constrain(jax.tree_util.tree_map(jnp.zeros_like, state.params))
-      zero_metrics = {name: jnp.zeros((), jnp.float32) for name in
-                      ("loss", "z_loss", "cross_ent_loss", "correct_tokens", "num_tokens",
-                       "weight_sum")}
+      metric_shapes = jax.eval_shape(
+          lambda mb: grad_fn(state.params, mb, dropout_rng, frozen)[0][1],
+          jax.tree_util.tree_map(lambda x: x[0], micro))
+      zero_metrics = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                            metric_shapes)
       (grads, metrics), _ = jax.lax.scan(
           accumulate, (zero_grads, zero_metrics),
           (jnp.arange(num_microbatches), micro))
@@ -214,8 +233,10 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(train_step, in_shardings=(shardings, partitioner.batch_sharding,
-                                           partitioner.replicated),
+  in_shardings = (shardings, partitioner.batch_sharding, partitioner.replicated)
+  if frozen_shardings is not None:
+    in_shardings += (frozen_shardings,)
+  return jax.jit(train_step, in_shardings=in_shardings,
                  out_shardings=(shardings, partitioner.replicated), donate_argnums=(0,))
 
 

@@ -217,7 +217,8 @@ def test_dropout_key_is_folded_per_step():
   same_a, same_b, other = loss(fresh(), 1), loss(fresh(), 1), loss(fresh(), 2)
   assert same_a == same_b and same_a != other
   # The key of a step is fold_in(rng, step): a later step draws another mask.
-  later = fresh().replace(step=jnp.asarray(5, jnp.int32))
+  state = fresh()
+  later = state.replace(step=jax.device_put(jnp.asarray(5, jnp.int32), state.step.sharding))
   assert loss(later, 1) != same_a
 
 

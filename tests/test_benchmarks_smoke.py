@@ -1,0 +1,111 @@
+"""benchmarks/: the whole `python -m benchmarks.run` at toy sizes writes every section's keys
+with self-consistent numbers; the pieces that make the comparison fair (same shapes on
+both sides, HF labels, padding counts) are checked exactly. No timing assertions."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not installed
+  sys.path.insert(0, str(REPO))
+
+from benchmarks import measure, packing, run, train_step  # noqa: E402
+from trainer import network  # noqa: E402
+from trainer.network import T5Config  # noqa: E402
+
+TINY = T5Config(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64,
+                num_encoder_layers=2, num_decoder_layers=1, dropout_rate=0.0)
+
+
+def test_hf_model_has_the_same_parameters_as_recast():
+  import transformers
+  model = transformers.T5ForConditionalGeneration(train_step.hf_config(TINY))
+  assert sum(p.numel() for p in model.parameters()) == network.param_count(TINY)
+  assert model.config.feed_forward_proj == "gated-gelu"
+  assert not model.config.tie_word_embeddings
+
+
+def test_synthetic_batch_and_hf_arguments():
+  batch = train_step.synthetic_batch(batch_size=2, task_feature_lengths={"inputs": 6,
+                                                                          "targets": 4},
+                                     vocab_size=50)
+  targets = batch["decoder_target_tokens"]
+  assert batch["encoder_input_tokens"].shape == (2, 6) and targets.shape == (2, 4)
+  assert (batch["encoder_input_tokens"][:, -1] == 1).all() and (targets[:, -1] == 1).all()
+  assert (batch["decoder_input_tokens"][:, 0] == 0).all()
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], targets[:, :-1])
+  assert batch["encoder_input_tokens"].min() >= 1 and batch["encoder_input_tokens"].max() < 50
+
+  padded = dict(batch)
+  padded["decoder_target_tokens"] = np.array([[5, 1, 0, 0], [7, 8, 9, 1]], np.int32)
+  hf = train_step.HFTrainer(TINY).device_batch(padded)
+  assert hf["labels"].tolist() == [[5, 1, -100, -100], [7, 8, 9, 1]]
+  assert hf["decoder_attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_non_padding_counts_a_packed_batch():
+  batch = {"encoder_input_tokens": np.array([[4, 4, 1, 5, 1, 0], [6, 6, 6, 1, 0, 0]]),
+           "decoder_target_tokens": np.array([[3, 1, 3, 1], [3, 1, 0, 0]]),
+           "decoder_segment_ids": np.array([[1, 1, 2, 2], [1, 1, 0, 0]])}
+  assert packing.non_padding(batch) == {"inputs_tokens": 9, "inputs_slots": 12,
+                                        "targets_tokens": 6, "targets_slots": 8,
+                                        "examples": 3}
+  fractions = packing._fractions(packing._sum_counts([batch]), rows=2)
+  assert fractions["non_padding"] == pytest.approx(15 / 20)
+  assert fractions["examples_per_row"] == pytest.approx(1.5)
+
+
+def test_interleaved_seconds_alternates_and_skips_warmup():
+  calls = []
+  seconds = measure.interleaved_seconds({"a": lambda: calls.append("a"),
+                                         "b": lambda: calls.append("b")},
+                                        repetitions=2, warmup=1)
+  assert calls == ["a", "b"] * 3
+  assert [len(v) for v in seconds.values()] == [2, 2]
+
+
+def test_benchmark_run_writes_every_section(shared_data, tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  assert run.main(["--preset=smoke", "--vocabulary=byte", f"--data_dir={shared_data}",
+                   f"--out={out}"]) == 0
+  result = json.loads(out.read_text())
+  printed = capsys.readouterr().out
+  assert "recast / hf_eager" in printed and "gpu: skipped (no GPU" in printed
+
+  assert {"meta", "vocabulary", "train_step", "useful_tokens", "input_pipeline", "packing",
+          "gpu"} <= set(result)
+  assert result["meta"]["versions"]["jax"] and result["meta"]["command"].startswith("python")
+
+  cpu = result["train_step"]["cpu"]
+  recast, hf = cpu["systems"]["recast"], cpu["systems"]["hf_eager"]
+  for system in (recast, hf):
+    assert system["n"] == run.PRESETS["smoke"].step_repetitions
+    assert system["encoder_tokens_per_s"] == pytest.approx(
+        system["decoder_tokens_per_s"] * 32 / 8)
+  assert cpu["ratio_vs_hf_eager"] == pytest.approx(
+      recast["examples_per_s"] / hf["examples_per_s"])
+  assert "skipped" in cpu["systems"]["hf_compile"]
+  assert "skipped" in result["train_step"]["gpu"] and "skipped" in result["gpu"]
+
+  useful = result["useful_tokens"]
+  for side in ("recast_packed", "hf_padded"):
+    assert 0 < useful[side]["non_padding"] <= 1
+    assert useful[side]["useful_tokens_per_s"] == pytest.approx(
+        useful[side]["non_padding"] * useful[side]["slots_per_s"])
+  assert useful["ratio"] == pytest.approx(useful["recast_packed"]["useful_tokens_per_s"]
+                                          / useful["hf_padded"]["useful_tokens_per_s"])
+
+  stream = result["input_pipeline"]["wikipedia_en_span_corruption"]
+  assert stream["pipeline"]["examples_per_s"] > 0
+  assert 0 <= stream["train_loop"]["input_wait_fraction"] < 1
+  assert stream["pipeline_over_consumption"] == pytest.approx(
+      stream["pipeline"]["examples_per_s"] / stream["train_loop"]["consumption_examples_per_s"])
+
+  (packed,) = result["packing"]
+  assert packed["mixture_or_task_name"] == packing.GLUE4_MIXTURE
+  for kind in ("packed", "padded_to_longest"):
+    assert 0 < packed[kind]["non_padding"] <= 1 and packed[kind]["examples_per_row"] >= 1

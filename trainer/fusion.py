@@ -1,0 +1,743 @@
+"""ColD Fusion (Don-Yehiya et al. 2022): rounds of parallel fine-tuning and weight averaging.
+
+Each round, C contributors (tasks sampled from a pool) fine-tune the round's shared model
+on their own task, each a `recast train` subprocess from INITIAL_CHECKPOINT_PATH = the
+shared model; the next shared model is the average of their weights. Averaging is also a
+checkpoint operation on its own, `recast fuse average CKPT... --out DST`:
+
+    fused[name] = sum_i w_i * ckpt_i[name] / sum_i w_i      (float64 sums, stored float32)
+
+read one tensor at a time from every input (orbax partial restore), so memory stays at
+about one output model plus one tensor per input.
+
+A fusion run's folder (FUSION_DIR):
+
+    fusion.json                 the settings (checked when a run is resumed)
+    events.jsonl                contributor_started / contributor_done / round_done
+    metrics.jsonl               per round (step = round) and task: the fused model's scores
+    scores.md, scores.csv, scores.png   the same, as a table and a plot (round 0 = base)
+    round_0/fused/              the base as a parameter checkpoint; round_0/DONE
+    round_R/contributors/TASK/  a contributor's MODEL_DIR; DONE when it finished
+    round_R/fused/              the round's average (parameter checkpoint)
+    round_R/scores.json, DONE   the fused model's validation scores; the round finished
+
+A killed run started again with the same flags skips finished rounds and, in the first
+unfinished one, finished contributors (a half-trained contributor resumes from its own
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from trainer import (atomic_files, checkpoints, errors, gin_config, metrics_writer,
+                     run_checkpoints)
+from trainer.network import T5Config
+
+RULES = ("mean", "examples")
+# T5Config fields that change no parameter shape: they may differ between fused models.
+NON_ARCHITECTURE_FIELDS = ("dropout_rate", "dtype")
+DONE = "DONE"
+SETTINGS_FILE = "fusion.json"
+EVENTS_FILE = "events.jsonl"
+SCORES_FILE = "scores.json"
+INFERENCE_EXCLUDED = ("loss", "token_accuracy")
+
+
+class FusionError(errors.UserError):
+  """Checkpoints that cannot be fused or a fusion run that cannot go on; says what to do."""
+
+
+# ------------------------------------------------------------------------------------------
+# Averaging checkpoints, one tensor at a time
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionInput:
+  """One checkpoint to average: where its parameter arrays are and what it records.
+
+  `array_dir` is an orbax PyTree folder; the parameters sit under `prefix` in it (("params",)
+  in a training checkpoint's train state, () in a parameter checkpoint).
+  """
+  path: Path
+  array_dir: Path
+  prefix: tuple[str, ...]
+  meta: dict
+
+  @property
+  def config(self) -> dict:
+    return self.meta.get("model") or {}
+
+  @property
+  def vocabulary(self) -> Optional[dict]:
+    return self.meta.get("vocabulary")
+
+
+def open_checkpoint(path: str | os.PathLike) -> FusionInput:
+  """A parameter checkpoint, a run's MODEL_DIR (its newest checkpoint) or a checkpoint_N."""
+  path = Path(path)
+  if checkpoints.is_param_checkpoint(path):
+    return FusionInput(path, (path / checkpoints.PARAMS_DIR).resolve(), (),
+                       checkpoints.read_metadata(path))
+  step_dir = run_checkpoints._step_dir(path) if path.is_dir() else None
+  if step_dir is None:
+    raise FusionError(
+        f"{path} holds no checkpoint: give parameter checkpoints (with "
+        f"{checkpoints.METADATA_FILE}, e.g. from `recast convert hf-to-recast`), runs' "
+        f"MODEL_DIRs or {run_checkpoints.STEP_PREFIX}_N folders")
+  return FusionInput(path, (step_dir / "state").resolve(), ("params",),
+                     run_checkpoints.read_meta(step_dir))
+
+
+def param_structs(source: FusionInput) -> dict[str, jax.ShapeDtypeStruct]:
+  """{"encoder/layers_0/attention/query": ShapeDtypeStruct} of a checkpoint; reads no data."""
+  handler = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  tree = handler.metadata(source.array_dir).item_metadata.tree
+  for key in source.prefix:
+    tree = tree[key]
+  return {"/".join(str(getattr(k, "key", k)) for k in path):
+          jax.ShapeDtypeStruct(tuple(m.shape), m.dtype)
+          for path, m in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def read_param(source: FusionInput, name: str, struct: jax.ShapeDtypeStruct) -> np.ndarray:
+  """Restores the one parameter `name` (e.g. "decoder/logits_dense") as numpy."""
+  keys = (*source.prefix, *name.split("/"))
+  item: Any = struct
+  restore_args: Any = ocp.RestoreArgs(restore_type=np.ndarray)
+  for key in reversed(keys):
+    item, restore_args = {key: item}, {key: restore_args}
+  handler = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  restored = handler.restore(source.array_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+  for key in keys:
+    restored = restored[key]
+  return np.asarray(restored)
+
+
+def check_fusable(sources: Sequence[FusionInput]) -> dict[str, jax.ShapeDtypeStruct]:
+  """Raises FusionError unless all checkpoints share architecture, parameter shapes and
+  vocabulary; returns the common {name: struct}."""
+  if not sources:
+    raise FusionError("no checkpoints to average; give at least one")
+  first = sources[0]
+  structs = param_structs(first)
+  for other in sources[1:]:
+    got = param_structs(other)
+    problems = [f"{n}: {tuple(structs[n].shape)} vs {tuple(got[n].shape)}"
+                for n in sorted(structs.keys() & got.keys())
+                if tuple(structs[n].shape) != tuple(got[n].shape)]
+    problems += [f"only in {first.path}: {n}" for n in sorted(structs.keys() - got.keys())]
+    problems += [f"only in {other.path}: {n}" for n in sorted(got.keys() - structs.keys())]
+    if problems:
+      shown = "; ".join(problems[:6]) + (f"; ... {len(problems) - 6} more"
+                                         if len(problems) > 6 else "")
+      raise FusionError(
+          f"cannot fuse {first.path} and {other.path}: their parameters differ ({shown}). "
+          "Only models of one architecture (same model gin file) can be averaged")
+    _check_same_vocabulary(first, other)
+    arch = lambda c: {k: v for k, v in c.items() if k not in NON_ARCHITECTURE_FIELDS}
+    if first.config and other.config and arch(first.config) != arch(other.config):
+      diff = sorted(k for k in arch(first.config).keys() | arch(other.config).keys()
+                    if first.config.get(k) != other.config.get(k))
+      raise FusionError(
+          f"cannot fuse {first.path} and {other.path}: their model configs differ in "
+          f"{', '.join(diff)}; average models trained from one model gin file")
+  return structs
+
+
+def _check_same_vocabulary(a: FusionInput, b: FusionInput) -> None:
+  va, vb = a.vocabulary or {}, b.vocabulary or {}
+  diff = [f"{k} {va[k]!r} vs {vb[k]!r}" for k in ("type", "size", "extra_ids", "sha256")
+          if va.get(k) is not None and vb.get(k) is not None and va[k] != vb[k]]
+  if diff:
+    raise FusionError(
+        f"cannot fuse {a.path} and {b.path}: they use different vocabularies "
+        f"({'; '.join(diff)}); a token id must mean the same in every averaged model")
+
+
+def fusion_weights(weights: Optional[Sequence[float]], count: int) -> np.ndarray:
+  """float64 [count] weights (uniform when None); FusionError for bad ones."""
+  if weights is None:
+    return np.ones(count, np.float64)
+  w = np.asarray(weights, np.float64)
+  if w.shape != (count,):
+    raise FusionError(f"{len(w)} weights for {count} checkpoints; give one per checkpoint")
+  if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    raise FusionError(f"weights {list(weights)} must be finite, >= 0 and not all 0")
+  return w
+
+
+def average_checkpoints(paths: Sequence[str | os.PathLike], *, out: str | os.PathLike,
+                        weights: Optional[Sequence[float]] = None,
+                        params_regex: Optional[str] = None) -> Path:
+  """Writes the (weighted) average of checkpoints `paths` as a new parameter checkpoint.
+
+  Args:
+    paths: parameter checkpoints, runs' MODEL_DIRs or checkpoint_N folders; all of one
+      architecture and vocabulary (else FusionError, nothing written).
+    out: the new folder (written under a temporary name, renamed into place).
+    weights: one per checkpoint (e.g. training examples); None: the plain mean.
+    params_regex: average only parameters whose name ("encoder/layers_0/mlp/wi_0")
+      matches (re.search); the others are copied from the first checkpoint.
+  Returns:
+    `out`. Each averaged tensor is sum_i(w_i x_i) / sum_i(w_i) computed in float64 and
+    stored as float32, so N copies of one model average to that model bit for bit.
+  """
+  out = Path(out)
+  if out.exists():
+    raise FusionError(f"{out} already exists; choose a new --out or remove it first")
+  sources = [open_checkpoint(p) for p in paths]
+  structs = check_fusable(sources)
+  w = fusion_weights(weights, len(sources))
+  pattern = _compile(params_regex)
+  selected = [n for n in structs if pattern is None or pattern.search(n)]
+  if not selected:
+    raise FusionError(f"--params {params_regex!r} matches no parameter; names look like "
+                      f"{', '.join(sorted(structs)[:3])}")
+  fused: dict = {}
+  for name, struct in structs.items():
+    if name in selected:
+      total = np.zeros(struct.shape, np.float64)
+      for source, weight in zip(sources, w):
+        total += weight * read_param(source, name, struct).astype(np.float64)
+      value = (total / w.sum()).astype(np.float32)
+    else:
+      value = read_param(sources[0], name, struct).astype(np.float32)
+    _set(fused, name.split("/"), value)
+  first = sources[0]
+  config = T5Config(**first.config) if first.config else _config_error(first.path)
+  vocab_file = checkpoints.vocabulary_file(first.path) if not first.prefix else None
+  return checkpoints.save_param_checkpoint(out, fused, config=config,
+                                           vocabulary=first.vocabulary,
+                                           vocabulary_file=vocab_file)
+
+
+def _compile(regex: Optional[str]) -> Optional[re.Pattern]:
+  if not regex:
+    return None
+  try:
+    return re.compile(regex)
+  except re.error as e:
+    raise FusionError(f"--params {regex!r} is not a regular expression: {e}") from e
+
+
+def _set(tree: dict, keys: Sequence[str], value: np.ndarray) -> None:
+  for key in keys[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[keys[-1]] = value
+
+
+def _config_error(path: Path):
+  raise FusionError(f"{path} records no model config; fuse checkpoints written by recast")
+
+
+# ------------------------------------------------------------------------------------------
+# Rounds
+
+
+def sample_contributors(pool: Sequence[str], *, round_index: int, count: Optional[int],
+                        seed: int) -> list[str]:
+  """The round's contributors: `count` tasks drawn from `pool` without replacement with a
+  generator seeded by (seed, round), in pool order; all of the pool when count is None."""
+  if count is None or count == len(pool):
+    return list(pool)
+  rng = np.random.default_rng([seed, round_index])
+  chosen = set(rng.choice(len(pool), size=count, replace=False).tolist())
+  return [task for i, task in enumerate(pool) if i in chosen]
+
+
+def check_settings(*, pool: Sequence[str], rounds: int, contributors_per_round: Optional[int],
+                   contributor_steps: int, fusion_rule: str) -> None:
+  if not pool:
+    raise FusionError("the contributor pool is empty; set --gin.CONTRIBUTOR_POOL=\"['glue_rte', "
+                      "'glue_mrpc', ...]\" (at least one task)")
+  duplicates = sorted({t for t in pool if list(pool).count(t) > 1})
+  if duplicates:
+    raise FusionError(f"the contributor pool lists {', '.join(duplicates)} more than once")
+  if contributors_per_round is not None and not 1 <= contributors_per_round <= len(pool):
+    raise FusionError(
+        f"CONTRIBUTORS_PER_ROUND={contributors_per_round} but the pool has {len(pool)} "
+        f"tasks; use 1..{len(pool)} (None: every task each round)")
+  if rounds < 1 or contributor_steps < 1:
+    raise FusionError(f"ROUNDS={rounds} and CONTRIBUTOR_STEPS={contributor_steps} must be >= 1")
+  if fusion_rule not in RULES:
+    raise FusionError(f"FUSION_RULE={fusion_rule!r}: use one of {', '.join(RULES)}")
+
+
+@dataclasses.dataclass
+class TrainLauncher:
+  """Runs `recast train` subprocesses with the driver's gin files and bindings.
+
+  `gin_files`, `gin_search_paths`, `bindings` ("NAME=VALUE") and `tasks_files` are the
+  driver's own; each job adds its own bindings (MODEL_DIR, task, INITIAL_CHECKPOINT_PATH,
+  ...), which win because they come last.
+  """
+  gin_files: Sequence[str]
+  bindings: Sequence[str] = ()
+  gin_search_paths: Sequence[str] = ()
+  tasks_files: Sequence[str] = ()
+  python: str = sys.executable
+
+  def command(self, overrides: Mapping[str, Any], *, bindings: Sequence[str] = ()
+              ) -> list[str]:
+    """The argv of one run: the driver's flags, then `bindings` ("NAME=VALUE"), then
+    `overrides` ({macro: python value})."""
+    cmd = [self.python, "-m", "trainer", "train"]
+    cmd += [f"--gin_file={_absolute_if_exists(f)}" for f in self.gin_files]
+    cmd += [f"--gin_search_paths={p}" for p in self.gin_search_paths]
+    cmd += [f"--tasks_file={_absolute_if_exists(f)}" for f in self.tasks_files]
+    cmd += [f"--gin.{b}" for b in (*self.bindings, *bindings)]
+    cmd += [f"--gin.{name}={_gin_literal(value)}" for name, value in overrides.items()]
+    return cmd
+
+
+def _absolute_if_exists(path: str) -> str:
+  return str(Path(path).resolve()) if os.path.exists(path) else path
+
+
+def _gin_literal(value: Any) -> str:
+  return repr(str(value)) if isinstance(value, Path) else repr(value)
+
+
+def run_train_job(command: Sequence[str], *, log_file: str | os.PathLike,
+                  env: Optional[Mapping[str, str]] = None) -> None:
+  """Runs one `recast train` command, its output appended to `log_file`; FusionError with
+  the log's tail when it fails."""
+  log_file = Path(log_file)
+  log_file.parent.mkdir(parents=True, exist_ok=True)
+  with open(log_file, "ab") as log:
+    log.write(("$ " + " ".join(command) + "\n").encode())
+    log.flush()
+    rc = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT,
+                        env={**os.environ, **(env or {})}).returncode
+  if rc != 0:
+    tail = log_file.read_text(errors="replace").splitlines()[-15:]
+    raise FusionError(f"`recast train` exited with {rc}; the end of {log_file}:\n" +
+                      "\n".join(tail))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+  """One `recast train` run: its argv, log file, and driver-side callbacks run when it is
+  started (submitted, with Ray) and after it succeeded."""
+  command: list[str]
+  log_file: Path
+  on_start: Callable[[], None] = lambda: None
+  on_done: Callable[[], None] = lambda: None
+
+
+def run_jobs(jobs: Sequence[TrainJob], *, parallel: str,
+             ray_address: Optional[str] = None) -> None:
+  """Runs `recast train` jobs: one per GPU in parallel through Ray (parallel="ray", or
+  "auto" with 2+ GPUs or a Ray address), else one after another."""
+  if parallel not in ("auto", "ray", "sequential"):
+    raise FusionError(f"fusion parallel={parallel!r}: use 'auto', 'ray' or 'sequential'")
+  use_ray = parallel == "ray" or (parallel == "auto" and (ray_address or _gpu_count() > 1))
+  if not use_ray or len(jobs) < 2:
+    for job in jobs:
+      job.on_start()
+      run_train_job(job.command, log_file=job.log_file)
+      job.on_done()
+    return
+  import ray
+  if not ray.is_initialized():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+             **({} if ray_address else {"_node_ip_address": "127.0.0.1"}))
+  gpus = ray.cluster_resources().get("GPU", 0)
+  remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_ray_job)
+  pending = {}
+  for job in jobs:
+    job.on_start()
+    pending[remote.remote(job.command, str(job.log_file))] = job
+  while pending:
+    done, _ = ray.wait(list(pending), num_returns=1)
+    ray.get(done[0])  # re-raises the job's FusionError
+    pending.pop(done[0]).on_done()
+
+
+def _ray_job(command: list[str], log_file: str) -> None:
+  # Ray sets CUDA_VISIBLE_DEVICES for the task; the subprocess sees only its own GPU.
+  run_train_job(command, log_file=log_file, env={"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"})
+
+
+def _gpu_count() -> int:
+  if not shutil.which("nvidia-smi"):
+    return 0
+  try:
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+  except (OSError, subprocess.SubprocessError):
+    return 0
+  return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _is_done(folder: Path) -> bool:
+  return (folder / DONE).is_file()
+
+
+def _event(fusion_dir: Path, event: str, **fields: Any) -> None:
+  atomic_files.append_jsonl(fusion_dir / EVENTS_FILE,
+                            [{"event": event, "time": time.time(), **fields}])
+
+
+def architecture_bindings(config: T5Config) -> list[str]:
+  """T5Config gin bindings that make a `recast train` run build `config`'s architecture
+  (vocab_size stays with the task vocabulary; dropout and dtype with the run files)."""
+  skip = set(NON_ARCHITECTURE_FIELDS) | {"vocab_size"}
+  return [f"T5Config.{k}={v!r}" for k, v in config.to_dict().items() if k not in skip]
+
+
+def pool_mixture_name(pool: Sequence[str]) -> str:
+  """Registers (once) an equal-rate seqio mixture of the pool; returns its name."""
+  import seqio
+  if len(pool) == 1:
+    return pool[0]
+  name = "cold_fusion_pool_" + hashlib.sha1(",".join(pool).encode()).hexdigest()[:10]
+  if name not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(name, list(pool), default_rate=1.0)
+  return name
+
+
+def task_scores(results: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
+                ) -> dict[str, dict[str, float]]:
+  """Per task: its Evaluator metrics plus `score`, the mean of its inference metrics
+  (accuracy, f1, ...; not loss or token_accuracy), as T5's benchmark averages do."""
+  scores = {}
+  for task in tasks:
+    values = dict(results.get(task, {}))
+    inference = [v for k, v in values.items() if k not in INFERENCE_EXCLUDED]
+    values["score"] = float(np.mean(inference)) if inference else float("nan")
+    scores[task] = values
+  return scores
+
+
+@gin.configurable
+def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQUIRED,
+                task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                rounds: int = 5, contributors_per_round: Optional[int] = None,
+                contributor_steps: int = 1000, base_checkpoint: Optional[str] = None,
+                fusion_rule: str = "mean", fusion_params: Optional[str] = None,
+                seed: int = 0, eval_num_examples: Optional[int] = None,
+                eval_batch_size: int = 32, parallel: str = "auto",
+                ray_address: Optional[str] = None,
+                launcher: Optional[TrainLauncher] = None) -> list[dict]:
+  """Runs (or resumes) ColD Fusion; returns the per-round score rows (round 0: the base).
+
+  Args:
+    fusion_dir: FUSION_DIR (layout in the module docstring).
+    pool: the contributor tasks (CONTRIBUTOR_POOL).
+    task_feature_lengths: for contributors' training and the rounds' evaluation.
+    rounds, contributors_per_round: R rounds of C contributors (None: the whole pool).
+    contributor_steps: fine-tuning steps per contributor (its TRAIN_STEPS).
+    base_checkpoint: None (random init with SEED), a parameter checkpoint, a run's
+      MODEL_DIR or a Hugging Face T5 folder (converted).
+    fusion_rule: "mean" (uniform) or "examples" (weighted by train examples per task).
+    fusion_params: a regex; average only matching parameters, keep the rest from the
+      round's shared model.
+    seed: contributor sampling, base init and contributors' SEED (seed + round).
+    eval_num_examples, eval_batch_size: the fused models' validation on every pool task.
+    parallel, ray_address: see `run_jobs`.
+    launcher: how `recast train` is started (the driver's gin flags); set by `main`.
+  """
+  pool = list(pool)
+  check_settings(pool=pool, rounds=rounds, contributors_per_round=contributors_per_round,
+                 contributor_steps=contributor_steps, fusion_rule=fusion_rule)
+  _compile(fusion_params)
+  fusion_dir = Path(fusion_dir).resolve()
+  launcher = launcher or TrainLauncher(gin_files=())
+  from trainer import train as train_lib
+  from tasks import vocabularies
+  tasks = {name: train_lib.get_mixture_or_task(name) for name in pool}
+  vocabulary = train_lib.output_vocabulary(tasks[pool[0]])
+  for name, task in tasks.items():
+    if "train" not in task.splits:
+      raise FusionError(f"pool task {name} has no train split ({', '.join(task.splits)})")
+  settings = {"pool": pool, "contributors_per_round": contributors_per_round,
+              "contributor_steps": contributor_steps, "base_checkpoint": base_checkpoint,
+              "fusion_rule": fusion_rule, "fusion_params": fusion_params, "seed": seed,
+              "task_feature_lengths": dict(task_feature_lengths)}
+  _check_resume_settings(fusion_dir, settings)
+  examples = ({n: _train_examples(t, n) for n, t in tasks.items()}
+              if fusion_rule == "examples" else {})
+  vocab_description = vocabularies.describe(vocabulary)
+  base = _prepare_base(fusion_dir / "round_0", base_checkpoint=base_checkpoint,
+                       vocabulary=vocabulary, vocab_description=vocab_description, seed=seed)
+  config = checkpoints.load_config(base)
+  atomic_files.write_json(fusion_dir / SETTINGS_FILE, dict(settings, rounds=rounds))
+  evaluator = _RoundEvaluator(pool=pool, task_feature_lengths=task_feature_lengths,
+                              config=config, num_examples=eval_num_examples,
+                              batch_size=eval_batch_size)
+  try:
+    _finish_round(fusion_dir, 0, base, evaluator)
+    for r in range(1, rounds + 1):
+      round_dir = fusion_dir / f"round_{r}"
+      if _is_done(round_dir):
+        continue
+      shared = fusion_dir / f"round_{r - 1}" / "fused"
+      chosen = sample_contributors(pool, round_index=r, count=contributors_per_round,
+                                   seed=seed)
+      atomic_files.write_json(round_dir / "contributors.json", chosen)
+      _run_contributors(fusion_dir, r, chosen, shared=shared, config=config,
+                        launcher=launcher, steps=contributor_steps, seed=seed,
+                        parallel=parallel, ray_address=ray_address)
+      fused = round_dir / "fused"
+      if not checkpoints.is_param_checkpoint(fused):
+        shutil.rmtree(fused, ignore_errors=True)
+        members = [round_dir / "contributors" / t for t in chosen]
+        weights = [examples[t] for t in chosen] if examples else None
+        if fusion_params:  # unselected parameters: the shared model's (weight 0 first)
+          members = [shared, *members]
+          weights = [0.0, *(weights or [1.0] * len(chosen))]
+        average_checkpoints(members, out=fused, weights=weights,
+                            params_regex=fusion_params)
+      _finish_round(fusion_dir, r, fused, evaluator)
+  finally:
+    evaluator.close()
+  rows = score_rows(fusion_dir)
+  write_score_report(fusion_dir, rows)
+  return rows
+
+
+def _check_resume_settings(fusion_dir: Path, settings: dict) -> None:
+  path = fusion_dir / SETTINGS_FILE
+  if not path.is_file():
+    return
+  saved = json.loads(path.read_text())
+  changed = sorted(k for k in settings if saved.get(k) != settings[k])
+  if changed:
+    shown = "; ".join(f"{k}: {saved.get(k)!r} -> {settings[k]!r}" for k in changed)
+    raise FusionError(
+        f"{fusion_dir} holds a fusion run with other settings ({shown}); resume it with its "
+        "own settings (only ROUNDS may change) or choose a new FUSION_DIR")
+
+
+def _train_examples(task, name: str) -> int:
+  count = task.num_input_examples("train")
+  if not count:
+    raise FusionError(f"FUSION_RULE='examples' needs the number of train examples of {name}, "
+                      "which its source does not know; use FUSION_RULE='mean'")
+  return int(count)
+
+
+def _prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary: Any,
+                  vocab_description: dict, seed: int) -> Path:
+  """round_0/fused: the base as a parameter checkpoint (random init, a copy of a recast
+  checkpoint, or converted from Hugging Face); checks its vocabulary against the pool's."""
+  fused = round_dir / "fused"
+  if checkpoints.is_param_checkpoint(fused):
+    return fused
+  from trainer import convert, network
+  if base_checkpoint is None:
+    config = T5Config().with_vocab_size(vocabulary.vocab_size)
+    params = network.init_params(config, jax.random.PRNGKey(seed))
+    return checkpoints.save_param_checkpoint(fused, params, config=config,
+                                             vocabulary=vocab_description)
+  base = Path(base_checkpoint)
+  if (base / convert.CONFIG_FILE).is_file() and not checkpoints.is_param_checkpoint(base):
+    convert.hf_to_recast(base, fused)
+    source = open_checkpoint(fused)
+  else:
+    source = open_checkpoint(base)
+  config = T5Config(**source.config)
+  if config.vocab_size != vocabulary.vocab_size:
+    shutil.rmtree(fused, ignore_errors=True)
+    raise FusionError(
+        f"base checkpoint {base} has vocab_size {config.vocab_size} but the pool's vocabulary "
+        f"has {vocabulary.vocab_size} ids; set --gin.VOCABULARY to the base's vocabulary")
+  run_checkpoints.check_vocabulary(source.vocabulary, vocab_description, source=str(base))
+  if source.path != fused:
+    average_checkpoints([base], out=fused)  # a copy, streamed
+  return fused
+
+
+def _run_contributors(fusion_dir: Path, round_index: int, chosen: Sequence[str], *,
+                      shared: Path, config: T5Config, launcher: TrainLauncher, steps: int,
+                      seed: int, parallel: str, ray_address: Optional[str]) -> None:
+  jobs = []
+  for task in chosen:
+    model_dir = fusion_dir / f"round_{round_index}" / "contributors" / task
+    if _is_done(model_dir):
+      continue
+    overrides = {"MODEL_DIR": str(model_dir), "MIXTURE_OR_TASK_NAME": task,
+                 "INITIAL_CHECKPOINT_PATH": str(shared), "TRAIN_STEPS": steps,
+                 "SEED": seed + round_index}
+    command = launcher.command(overrides, bindings=architecture_bindings(config))
+
+    def on_done(task=task, model_dir=model_dir):
+      if run_checkpoints.checkpoint_steps(model_dir)[-1:] != [steps]:
+        raise FusionError(f"contributor {task} finished without a checkpoint at step {steps} "
+                          f"in {model_dir}; see its train.log")
+      atomic_files.write_json(model_dir / DONE, {"task": task, "steps": steps})
+      _event(fusion_dir, "contributor_done", round=round_index, task=task)
+
+    on_start = lambda task=task: _event(fusion_dir, "contributor_started", round=round_index,
+                                        task=task)
+    jobs.append(TrainJob(command, model_dir / "train.log", on_start, on_done))
+  run_jobs(jobs, parallel=parallel, ray_address=ray_address)
+
+
+class _RoundEvaluator:
+  """The fused models' validation scores on every pool task (one compiled Evaluator)."""
+
+  def __init__(self, *, pool: Sequence[str], task_feature_lengths: Mapping[str, int],
+               config: T5Config, num_examples: Optional[int], batch_size: int):
+    self.pool = list(pool)
+    self._kwargs = dict(mixture_or_task_name=pool_mixture_name(pool),
+                        task_feature_lengths=dict(task_feature_lengths), config=config,
+                        num_examples=num_examples, batch_size=batch_size)
+    self._evaluator = None
+
+  def evaluate(self, checkpoint: Path, *, round_index: int) -> dict[str, dict[str, float]]:
+    from trainer import evaluation
+    if self._evaluator is None:
+      self._evaluator = evaluation.Evaluator(**self._kwargs)
+    params = checkpoints.load_params(checkpoint)
+    return task_scores(self._evaluator.evaluate(params, step=round_index), self.pool)
+
+  def close(self) -> None:
+    if self._evaluator is not None:
+      self._evaluator.close()
+
+
+def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
+                  evaluator: _RoundEvaluator) -> None:
+  """Evaluates the round's fused model, writes its scores and metrics rows, then DONE."""
+  from trainer import train as train_lib
+  round_dir = fusion_dir / f"round_{round_index}"
+  if _is_done(round_dir):
+    return
+  scores = evaluator.evaluate(fused, round_index=round_index)
+  atomic_files.write_json(round_dir / SCORES_FILE, scores)
+  train_lib.drop_metrics_after(fusion_dir, round_index - 1)
+  writer = metrics_writer.MetricsWriter(fusion_dir)
+  for task, values in scores.items():
+    writer.write(round_index, "validation", task, values)
+  writer.write(round_index, "validation", "average",
+               {"score": float(np.mean([v["score"] for v in scores.values()]))})
+  writer.close()
+  atomic_files.write_json(round_dir / DONE, {"round": round_index})
+  _event(fusion_dir, "round_done", round=round_index,
+         average=float(np.mean([v["score"] for v in scores.values()])))
+  print(f"round {round_index}: " + " ".join(f"{t}={v['score']:.2f}"
+                                            for t, v in scores.items()), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Per-round report
+
+
+def score_rows(fusion_dir: str | os.PathLike) -> list[dict]:
+  """[{"round": r, "average": mean score, TASK: score, ...}] for every finished round."""
+  fusion_dir = Path(fusion_dir)
+  rows = []
+  r = 0
+  while _is_done(fusion_dir / f"round_{r}"):
+    scores = json.loads((fusion_dir / f"round_{r}" / SCORES_FILE).read_text())
+    row = {"round": r, **{t: v["score"] for t, v in scores.items()}}
+    row["average"] = float(np.mean([v["score"] for v in scores.values()]))
+    rows.append(row)
+    r += 1
+  return rows
+
+
+def write_score_report(fusion_dir: str | os.PathLike, rows: Sequence[dict]) -> None:
+  """scores.md, scores.csv and scores.png: the fused model's per-task scores by round."""
+  fusion_dir = Path(fusion_dir)
+  if not rows:
+    return
+  columns = ["round", *[k for k in rows[0] if k not in ("round", "average")], "average"]
+  fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.2f}"
+  md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  md += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
+  base = rows[0]["average"]
+  md += ["", "Round 0 is the base. Gain of each round's average over the base: " +
+         ", ".join(f"round {row['round']}: {row['average'] - base:+.2f}" for row in rows[1:])]
+  atomic_files.write_text(fusion_dir / "scores.md", "\n".join(md) + "\n")
+  csv = [",".join(columns)] + [",".join(fmt(row[c]) for c in columns) for row in rows]
+  atomic_files.write_text(fusion_dir / "scores.csv", "\n".join(csv) + "\n")
+  _plot_scores(fusion_dir / "scores.png", rows, columns[1:])
+
+
+def _plot_scores(path: Path, rows: Sequence[dict], series: Sequence[str]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  rounds = [row["round"] for row in rows]
+  for name in series:
+    ax.plot(rounds, [row[name] for row in rows], marker="o",
+            linewidth=2.5 if name == "average" else 1.2, label=name)
+  ax.set_xlabel("round (0 = base)")
+  ax.set_ylabel("validation score")
+  ax.set_xticks(rounds)
+  ax.set_title("ColD Fusion: fused model per round")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("action", nargs="*", metavar="average CKPT...",
+                      help="`average CKPT... --out DST` averages checkpoints; without it, "
+                      "runs ColD Fusion rounds as the gin files say "
+                      "(experiments/cold_fusion.gin)")
+  parser.add_argument("--out", help="average: the new parameter checkpoint")
+  parser.add_argument("--weights", nargs="+", type=float,
+                      help="average: one weight per checkpoint (e.g. training examples)")
+  parser.add_argument("--params", metavar="REGEX",
+                      help="average: only parameters whose name matches; the rest are the "
+                      "first checkpoint's")
+
+
+def main(args: argparse.Namespace) -> int:
+  """`recast fuse average CKPT... --out DST` or `recast fuse --gin_file=... (rounds)`."""
+  if args.action:
+    if args.action[0] != "average":
+      raise FusionError(f"unknown fuse action {args.action[0]!r}; use `recast fuse average "
+                        "CKPT... --out DST`, or gin flags alone for ColD Fusion rounds")
+    if args.gin_bindings or args.gin_file:
+      raise FusionError("`recast fuse average` takes no gin flags")
+    if not args.out or len(args.action) < 2:
+      raise FusionError("usage: recast fuse average CKPT [CKPT ...] --out DST")
+    out = average_checkpoints(args.action[1:], out=args.out, weights=args.weights,
+                              params_regex=args.params)
+    print(f"wrote {out}")
+    return 0
+  if not args.gin_file:
+    raise gin_config.GinConfigError(
+        "recast fuse needs gin files: a model and the experiment, e.g. "
+        "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion.gin")
+  from trainer import train as train_lib
+  train_lib._register_tasks()
+  # Not finalized: MODEL_DIR and MIXTURE_OR_TASK_NAME are set per contributor run.
+  gin_config.parse_gin(args.gin_file, args.gin_bindings,
+                       gin_search_paths=args.gin_search_paths, finalize=False)
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPUs are contributors'
+  cold_fusion(launcher=TrainLauncher(
+      gin_files=args.gin_file, bindings=args.gin_bindings,
+      gin_search_paths=args.gin_search_paths, tasks_files=args.tasks_file))
+  return 0

@@ -1,0 +1,246 @@
+"""`recast eval-base`: judge a base model "model recycling" style, as ColD Fusion does.
+
+Fine-tune the base, and a reference base, on each task of a set (default `recycling36`)
+with one fixed recipe over seeds; report per task the mean score of each and the base's
+gain over the reference, with average gains over all tasks and separately over tasks seen
+in a fusion pool and unseen ones. Each fine-tuning run is a `recast train` subprocess
+(in parallel through Ray on GPUs, see trainer.fusion.run_jobs):
+
+    OUTPUT_DIR/<base|reference>/<task>/seed_<s>/   MODEL_DIR of one run; DONE = its score
+    OUTPUT_DIR/eval_base.md, eval_base.csv, eval_base.json
+
+A task's score is the mean of its validation metrics at the last step (accuracy, F1, ...;
+T5's per-task average), on a 0-100 scale. Killed runs resume: finished runs are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from trainer import atomic_files, checkpoints, errors, fusion, gin_config, metrics_writer
+from trainer.network import T5Config
+
+MODELS = ("base", "reference")
+SCRATCH = "scratch"
+REPORT_NAME = "eval_base"
+
+
+class RecyclingError(errors.UserError):
+  """The evaluation cannot run as configured; the message says what to change."""
+
+
+def task_names(tasks: str | Sequence[str]) -> list[str]:
+  """A mixture's member tasks (e.g. "recycling36"), a task name, or a list of names."""
+  import seqio
+  from trainer import train as train_lib
+  if isinstance(tasks, str):
+    return [t.name for t in seqio.get_subtasks(train_lib.get_mixture_or_task(tasks))]
+  names = list(tasks)
+  if not names:
+    raise RecyclingError("EVAL_BASE_TASKS is empty; give a mixture (e.g. 'recycling36') or "
+                         "a list of tasks")
+  for name in names:
+    train_lib.get_mixture_or_task(name)
+  return names
+
+
+def eval_split(task_name: str) -> str:
+  """The split a task is scored on: validation, else test (tasks without validation)."""
+  import seqio
+  splits = seqio.get_mixture_or_task(task_name).splits
+  for split in ("validation", "test"):
+    if split in splits:
+      return split
+  raise RecyclingError(f"task {task_name} has no validation or test split "
+                       f"({', '.join(splits)}); leave it out of EVAL_BASE_TASKS")
+
+
+def run_score(model_dir: str | os.PathLike, *, task: str, step: int) -> float:
+  """The run's score: the mean of its inference metrics for `task` at `step`."""
+  rows = [r for r in metrics_writer.read_metrics(model_dir)
+          if r["step"] == step and r["task"] == task and r["split"] != "train"]
+  values = {r["metric"]: r["value"] for r in rows if r["value"] is not None}
+  score = fusion.task_scores({task: values}, [task])[task]["score"]
+  if not np.isfinite(score):
+    raise RecyclingError(f"{model_dir} has no validation metrics for {task} at step {step}; "
+                         "see its train.log")
+  return score
+
+
+def recycling_table(scores: Mapping[str, Mapping[str, Sequence[float]]], *,
+                    seen: Sequence[str] = ()) -> dict:
+  """The model-recycling table from {model: {task: [score per seed]}}.
+
+  Returns {"rows": [{"task", "seen", "base", "base_std", "reference", "reference_std",
+  "gain"}], "average": {"all"|"seen"|"unseen": {"base", "reference", "gain", "tasks"}}};
+  `gain` = mean base score - mean reference score (None without a reference).
+  E.g. {"base": {"rte": [60, 62]}, "reference": {"rte": [58, 58]}} -> rte gain +3.0.
+  """
+  base, reference = scores.get("base", {}), scores.get("reference", {})
+  rows = []
+  for task in base:
+    row = {"task": task, "seen": task in seen,
+           "base": float(np.mean(base[task])), "base_std": float(np.std(base[task]))}
+    if task in reference:
+      row.update(reference=float(np.mean(reference[task])),
+                 reference_std=float(np.std(reference[task])))
+      row["gain"] = row["base"] - row["reference"]
+    rows.append(row)
+  average = {}
+  for group, keep in (("all", lambda r: True), ("seen", lambda r: r["seen"]),
+                      ("unseen", lambda r: not r["seen"])):
+    members = [r for r in rows if keep(r)]
+    if not members:
+      continue
+    average[group] = {"tasks": len(members), "base": float(np.mean([r["base"] for r in members]))}
+    if all("gain" in r for r in members):
+      average[group]["reference"] = float(np.mean([r["reference"] for r in members]))
+      average[group]["gain"] = float(np.mean([r["gain"] for r in members]))
+  return {"rows": rows, "average": average}
+
+
+def write_report(output_dir: str | os.PathLike, table: Mapping[str, Any]) -> None:
+  """eval_base.md (average gains, then unseen and seen task rows), .csv and .json."""
+  output_dir = Path(output_dir)
+  num = lambda v: "" if v is None else f"{v:.2f}"
+  signed = lambda v: "" if v is None else f"{v:+.2f}"
+  md = ["# Model recycling evaluation", "",
+        "| tasks | n | base | reference | gain |", "|---|---|---|---|---|"]
+  for group, avg in table["average"].items():
+    md.append(f"| {group} | {avg['tasks']} | {num(avg['base'])} | "
+              f"{num(avg.get('reference'))} | {signed(avg.get('gain'))} |")
+  for title, seen in (("Unseen tasks (not in the fusion pool)", False),
+                      ("Seen tasks (in the fusion pool)", True)):
+    rows = [r for r in table["rows"] if r["seen"] == seen]
+    if not rows:
+      continue
+    md += ["", f"## {title}", "", "| task | base | reference | gain |", "|---|---|---|---|"]
+    md += [f"| {r['task']} | {num(r['base'])} ± {num(r['base_std'])} | "
+           f"{num(r.get('reference'))}{' ± ' + num(r['reference_std']) if 'reference' in r else ''}"
+           f" | {signed(r.get('gain'))} |" for r in rows]
+  atomic_files.write_text(output_dir / f"{REPORT_NAME}.md", "\n".join(md) + "\n")
+  columns = ("task", "seen", "base", "base_std", "reference", "reference_std", "gain")
+  csv = [",".join(columns)] + [",".join("" if r.get(c) is None else str(r[c])
+                                        for c in columns) for r in table["rows"]]
+  atomic_files.write_text(output_dir / f"{REPORT_NAME}.csv", "\n".join(csv) + "\n")
+  atomic_files.write_json(output_dir / f"{REPORT_NAME}.json", table)
+
+
+def _seen_tasks(fusion_dir: Optional[str], seen_tasks: Optional[Sequence[str]]) -> list[str]:
+  if seen_tasks is not None:
+    return list(seen_tasks)
+  if fusion_dir is None:
+    return []
+  settings = Path(fusion_dir) / fusion.SETTINGS_FILE
+  if not settings.is_file():
+    raise RecyclingError(f"FUSION_DIR {fusion_dir} holds no fusion run ({fusion.SETTINGS_FILE} "
+                         "missing); set it to a `recast fuse` folder or set SEEN_TASKS")
+  return list(json.loads(settings.read_text())["pool"])
+
+
+def _model_source(name: str, checkpoint: Optional[str], output_dir: Path
+                  ) -> tuple[Optional[str], list[str]]:
+  """(INITIAL_CHECKPOINT_PATH, architecture bindings) of a model: 'scratch' (random init,
+  the model gin file), a recast checkpoint, or a Hugging Face folder (converted once)."""
+  if checkpoint is None or checkpoint == SCRATCH:
+    return None, []
+  from trainer import convert
+  path = Path(checkpoint).resolve()
+  if (path / convert.CONFIG_FILE).is_file() and not checkpoints.is_param_checkpoint(path):
+    converted = output_dir / name / "converted"
+    if not checkpoints.is_param_checkpoint(converted):
+      convert.hf_to_recast(path, converted)
+    path = converted
+  source = fusion.open_checkpoint(path)
+  return str(path), fusion.architecture_bindings(T5Config(**source.config))
+
+
+@gin.configurable
+def evaluate_base(*, output_dir: str = gin.REQUIRED, base_checkpoint: str = gin.REQUIRED,
+                  reference_checkpoint: Optional[str] = None,
+                  tasks: str | Sequence[str] = "recycling36", seeds: Sequence[int] = (0,),
+                  finetune_steps: int = gin.REQUIRED,
+                  fusion_dir: Optional[str] = None, seen_tasks: Optional[Sequence[str]] = None,
+                  parallel: str = "auto", ray_address: Optional[str] = None,
+                  launcher: Optional[fusion.TrainLauncher] = None) -> dict:
+  """Fine-tunes base (and reference) on every task for every seed; returns the table.
+
+  Args:
+    output_dir: EVAL_BASE_DIR (runs and the report).
+    base_checkpoint: the model judged: a recast checkpoint (e.g. FUSION_DIR/round_R/fused),
+      a run's MODEL_DIR, a Hugging Face T5 folder, or 'scratch'.
+    reference_checkpoint: the model gains are measured against (e.g. the fusion's base,
+      FUSION_DIR/round_0/fused, the default when fusion_dir is set); None: no gains.
+    tasks: a mixture (default recycling36) or a list of task names.
+    seeds: one fine-tuning run per seed (the recipe is otherwise fixed: the gin files).
+    finetune_steps: TRAIN_STEPS of every run; scores are read at that step.
+    fusion_dir, seen_tasks: tasks in the fusion pool (fusion.json) or listed are "seen".
+    parallel, ray_address, launcher: as in trainer.fusion.cold_fusion.
+  """
+  output_dir = Path(output_dir).resolve()
+  names = task_names(tasks)
+  if not seeds:
+    raise RecyclingError("EVAL_BASE_SEEDS is empty; give at least one seed, e.g. [0, 1, 2]")
+  seen = _seen_tasks(fusion_dir, seen_tasks)
+  if reference_checkpoint is None and fusion_dir is not None:
+    reference_checkpoint = str(Path(fusion_dir) / "round_0" / "fused")
+  models = {"base": base_checkpoint}
+  if reference_checkpoint is not None:
+    models["reference"] = reference_checkpoint
+  launcher = launcher or fusion.TrainLauncher(gin_files=())
+  sources = {m: _model_source(m, c, output_dir) for m, c in models.items()}
+  splits = {t: eval_split(t) for t in names}
+  jobs, scores = [], {m: {t: [] for t in names} for m in models}
+  for model, (initial, arch) in sources.items():
+    for task in names:
+      for seed in seeds:
+        model_dir = output_dir / model / task / f"seed_{seed}"
+        if fusion._is_done(model_dir):
+          continue
+        overrides = {"MODEL_DIR": str(model_dir), "MIXTURE_OR_TASK_NAME": task,
+                     "INITIAL_CHECKPOINT_PATH": initial, "TRAIN_STEPS": finetune_steps,
+                     "EVAL_PERIOD": finetune_steps, "SEED": seed}
+        command = launcher.command(overrides, bindings=[
+            *arch, f"Evaluator.split={splits[task]!r}"])
+
+        def on_done(model_dir=model_dir, task=task):
+          score = run_score(model_dir, task=task, step=finetune_steps)
+          atomic_files.write_json(model_dir / fusion.DONE, {"task": task, "score": score})
+        jobs.append(fusion.TrainJob(command, model_dir / "train.log", on_done=on_done))
+  fusion.run_jobs(jobs, parallel=parallel, ray_address=ray_address)
+  for model in models:
+    for task in names:
+      for seed in seeds:
+        done = output_dir / model / task / f"seed_{seed}" / fusion.DONE
+        scores[model][task].append(json.loads(done.read_text())["score"])
+  table = recycling_table(scores, seen=seen)
+  write_report(output_dir, table)
+  print((output_dir / f"{REPORT_NAME}.md").read_text(), flush=True)
+  return table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  del parser  # everything is gin: experiments/cold_fusion/eval_base.gin
+
+
+def main(args: argparse.Namespace) -> int:
+  """`recast eval-base --gin_file=models/... --gin_file=experiments/cold_fusion/eval_base.gin`."""
+  if not args.gin_file:
+    raise gin_config.GinConfigError(
+        "recast eval-base needs gin files: a model and the recipe, e.g. "
+        "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion/eval_base.gin")
+  from trainer import train as train_lib
+  train_lib._register_tasks()
+  gin_config.parse_gin(args.gin_file, args.gin_bindings,
+                       gin_search_paths=args.gin_search_paths, finalize=False)
+  evaluate_base(launcher=fusion.TrainLauncher(
+      gin_files=args.gin_file, bindings=args.gin_bindings,
+      gin_search_paths=args.gin_search_paths, tasks_files=args.tasks_file))
+  return 0
