@@ -69,7 +69,7 @@ CPU_MODEL = dict(d_model=256, num_heads=4, d_kv=64, d_ff=1024, num_encoder_layer
 PRESETS = {
     "cpu": Preset(
         model=CPU_MODEL, step_batch=8, step_lengths={"inputs": 512, "targets": 114},
-        step_repetitions=5, useful_lengths={"inputs": 512, "targets": 64}, useful_rows=4,
+        step_repetitions=5, useful_lengths={"inputs": 512, "targets": 64}, useful_rows=8,
         useful_batches=3, useful_repetitions=2, pipeline_batch=8, pipeline_batches=20,
         pipeline_steps=8, pipeline_streams=("span_corruption", "finetune"),
         span_lengths={"inputs": 512, "targets": 114},
@@ -81,12 +81,12 @@ PRESETS = {
     "smoke": Preset(
         model=dict(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1,
                    num_decoder_layers=1, dropout_rate=0.0),
-        step_batch=4, step_lengths={"inputs": 32, "targets": 8}, step_repetitions=2,
-        useful_lengths={"inputs": 64, "targets": 8}, useful_rows=4, useful_batches=1,
+        step_batch=4, step_lengths={"inputs": 64, "targets": 16}, step_repetitions=2,
+        useful_lengths={"inputs": 64, "targets": 16}, useful_rows=4, useful_batches=1,
         useful_repetitions=1, pipeline_batch=4, pipeline_batches=2, pipeline_steps=2,
         pipeline_streams=("span_corruption",), span_lengths={"inputs": 64, "targets": 16},
-        finetune_lengths={"inputs": 64, "targets": 8},
-        packing_lengths=({"inputs": 64, "targets": 8},), packing_tasks=("bench_glue4",),
+        finetune_lengths={"inputs": 64, "targets": 16},
+        packing_lengths=({"inputs": 64, "targets": 16},), packing_tasks=("bench_glue4",),
         packing_batches=2, gpu_batch=8, torch_compile=False),
 }
 

@@ -9,8 +9,9 @@ runs eager PyTorch and, where it compiles, `torch.compile`.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -42,20 +43,27 @@ def synthetic_batch(*, batch_size: int, task_feature_lengths: Mapping[str, int],
           "decoder_loss_weights": np.ones_like(targets, dtype=np.int32)}
 
 
-class RecastTrainer:
-  """recast's jitted train step on the default mesh, Adafactor at a constant rate."""
+@functools.lru_cache(maxsize=8)
+def _jitted(config: T5Config):
+  """(optimizer, partitioner, train_step) per config, so that sections of one run reuse
+  compilations of the same shapes."""
+  partitioner = Partitioner()
+  optimizer = optimizers.create_optimizer(optimizer_def=optimizers.adafactor,
+                                          learning_rate_schedule=LEARNING_RATE)
+  step = train_state.make_train_step(network.Transformer(config), optimizer, partitioner)
+  return optimizer, partitioner, step
 
-  def __init__(self, config: T5Config, *, seed: int = 0,
-               partitioner: Optional[Partitioner] = None):
+
+class RecastTrainer:
+  """recast's jitted train step on the default mesh (every device, data parallel),
+  Adafactor at a constant rate."""
+
+  def __init__(self, config: T5Config, *, seed: int = 0):
     import jax
     self.config = config
-    self.partitioner = partitioner or Partitioner()
-    optimizer = optimizers.create_optimizer(optimizer_def=optimizers.adafactor,
-                                            learning_rate_schedule=LEARNING_RATE)
+    optimizer, self.partitioner, self.train_step = _jitted(config)
     self.state = train_state.create_train_state(config, optimizer, jax.random.PRNGKey(seed),
                                                 self.partitioner)
-    self.train_step = train_state.make_train_step(network.Transformer(config), optimizer,
-                                                  self.partitioner)
     self.rng = jax.device_put(jax.random.PRNGKey(seed + 1), self.partitioner.replicated)
 
   def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -98,7 +106,15 @@ class HFTrainer:
     from transformers.optimization import Adafactor
     torch.manual_seed(seed)
     self.device, self.dtype = torch.device(device), dtype
-    self.model = transformers.T5ForConditionalGeneration(hf_config(config)).to(self.device)
+    model = transformers.T5ForConditionalGeneration(hf_config(config))
+    if not config.tie_word_embeddings:
+      # transformers 5 always ties lm_head to the embedding when a model is built from a
+      # config (only from_pretrained unties differing weights): untie it, with recast's
+      # initialisation, or HF would train one vocab x d_model matrix fewer.
+      model.lm_head.weight = torch.nn.Parameter(
+          torch.randn_like(model.shared.weight) * config.d_model ** -0.5)
+      model.all_tied_weights_keys.pop("lm_head.weight", None)
+    self.model = model.to(self.device)
     self.model.train()
     self.optimizer = Adafactor(self.model.parameters(), lr=LEARNING_RATE, eps=(1e-30, 1e-3),
                                clip_threshold=1.0, decay_rate=-0.8, beta1=None,

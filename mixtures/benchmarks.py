@@ -3,7 +3,8 @@
 Registered on import (rates: mixtures/rates.py; e_n = train examples of task n):
 
   glue                 cola sst2 mrpc qqp stsb mnli qnli rte wnli, examples-proportional
-                       (no cap, T5's `glue_v002_proportional`), plus the eval-only tasks
+                       (no cap, T5's `glue_v002_proportional`; T5 leaves out WNLI, here it
+                       is in, at 0.07% of the samples), plus the eval-only tasks
                        glue_mnli_matched / glue_mnli_mismatched at rate 0 (as T5: they are
                        evaluated, never sampled), so the GLUE score can be computed
   super_glue           boolq cb copa multirc record rte wic wsc, examples-proportional
@@ -108,7 +109,7 @@ def add_mixture(name: str, members: Sequence[Any], *, default_rate: Any = None
 
 
 # Each named mixture has three variants: "" (examples-proportional), _equal, _temperature.
-def strategies(maximum: Optional[int] = None) -> dict[str, rates.ExamplesProportional]:
+def strategies(maximum: Optional[int] = None) -> dict[str, Any]:
   """{suffix: rate}: examples-proportional (cap `maximum`), equal, temperature T=2."""
   return {"": rates.examples_proportional(maximum),
           "_equal": rates.equal,

@@ -9,7 +9,9 @@ teacher. Per target token, with student logits s and teacher logits t:
 (plus the student's z-loss), normalised like every training loss (`trainer.losses`). The
 teacher's forward pass runs inside the same jitted train step, its parameters frozen (the
 step's `frozen` argument, never donated) and sharded by the same partitioner rules. The
-loop is `trainer.train.train`'s; this module supplies its train step.
+loop is `trainer.train.train`'s: gin/runs/distill.gin hands it this module's train step
+(`@distillation_step_factory()`) and training task (`@distillation_task()`), so a
+distillation run is `recast distill`, or `recast train` / `recast sweep` with that file.
 
 On unlabeled transfer data (`TRANSFER_DATA`: any task's or mixture's inputs, a text corpus,
 or text files) the teacher first labels every input by greedy decoding, once per MODEL_DIR:
@@ -33,7 +35,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -402,52 +404,85 @@ def register_labelled_task(labels_path: str | os.PathLike, *, vocabulary: Any) -
 
 
 # ------------------------------------------------------------------------------------------
-# The run
+# The run: what runs/distill.gin hands to `trainer.train.train`
 
 
-@gin.configurable(denylist=["config"])
-def distill(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-            task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-            batch_size: int = gin.REQUIRED, teacher_checkpoint_path: str = gin.REQUIRED,
-            alpha: float = 0.0, temperature: float = 1.0,
-            transfer_data: Optional[str] = None, transfer_split: str = "train",
-            transfer_inputs_prefix: str = "", max_transfer_examples: Optional[int] = None,
-            config: Optional[T5Config] = None) -> dict:
-  """Distils the teacher into the student (T5Config as gin binds it); `train`'s loop.
+_TEACHERS: dict[tuple, tuple[Teacher, Any]] = {}
+
+
+def run_teacher(teacher_checkpoint_path: str | Mapping[str, str],
+                mixture_or_task_name: str) -> tuple[Teacher, Any]:
+  """(the teacher, the tasks' vocabulary) of a run, loaded and checked once per process.
+
+  `teacher_checkpoint_path` is a path, or {task: path} (one teacher per task, for grids
+  over MIXTURE_OR_TASK_NAME). The student is `T5Config()` as gin binds it, its vocab_size
+  from the tasks' vocabulary (as `train` makes it).
+  """
+  from tasks import vocabularies
+  if isinstance(teacher_checkpoint_path, Mapping):
+    if mixture_or_task_name not in teacher_checkpoint_path:
+      raise DistillationError(
+          f"TEACHER_CHECKPOINT_PATH names no teacher for {mixture_or_task_name}; it has "
+          f"{', '.join(sorted(teacher_checkpoint_path))}")
+    teacher_checkpoint_path = teacher_checkpoint_path[mixture_or_task_name]
+  vocabulary = train_lib.output_vocabulary(train_lib.get_mixture_or_task(mixture_or_task_name))
+  student = T5Config().with_vocab_size(vocabulary.vocab_size)
+  key = (str(Path(teacher_checkpoint_path).resolve()), student.vocab_size, student.dtype,
+         json.dumps(vocabularies.describe(vocabulary), sort_keys=True))
+  if key not in _TEACHERS:
+    _TEACHERS.clear()  # one teacher at a time in memory
+    _TEACHERS[key] = (load_teacher(teacher_checkpoint_path, vocabulary=vocabulary,
+                                   student_config=student), vocabulary)
+  return _TEACHERS[key]
+
+
+@gin.configurable
+def distillation_step_factory(*, teacher_checkpoint_path: Any = gin.REQUIRED,
+                              mixture_or_task_name: str = gin.REQUIRED, alpha: float = 0.0,
+                              temperature: float = 1.0) -> Callable[..., Any]:
+  """`train.train_step_factory = @distillation_step_factory()`: make_distill_train_step
+  with the run's teacher (checked against the student's vocabulary) and mix.
 
   Args:
-    model_dir, mixture_or_task_name, task_feature_lengths, batch_size: as for `train`
-      (its other settings, train_steps, eval_period, ..., come from gin's `train.*`).
-      Evaluation is on mixture_or_task_name.
     teacher_checkpoint_path: TEACHER_CHECKPOINT_PATH, a fine-tuned teacher (a run's
-      MODEL_DIR, a checkpoint_N folder or a parameter checkpoint).
+      MODEL_DIR, a checkpoint_N folder or a parameter checkpoint), or {task: that}.
+    mixture_or_task_name: the task whose vocabulary the student uses.
     alpha: weight of the gold cross entropy; 1 - alpha goes to T^2 * KL to the teacher.
     temperature: T of both softmaxes in the KL.
-    transfer_data: None trains on mixture_or_task_name's own targets; else unlabeled
-      transfer data (a task, mixture, corpus or text-file glob), labelled by the teacher.
+  """
+  teacher, _ = run_teacher(teacher_checkpoint_path, mixture_or_task_name)
+  return functools.partial(make_distill_train_step, teacher=teacher, alpha=alpha,
+                           temperature=temperature)
+
+
+@gin.configurable
+def distillation_task(*, mixture_or_task_name: str = gin.REQUIRED,
+                      teacher_checkpoint_path: Any = gin.REQUIRED,
+                      model_dir: str = gin.REQUIRED,
+                      task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                      batch_size: int = gin.REQUIRED, transfer_data: Optional[str] = None,
+                      transfer_split: str = "train", transfer_inputs_prefix: str = "",
+                      max_transfer_examples: Optional[int] = None) -> str:
+  """`train.mixture_or_task_name = @distillation_task()`: what the student trains on.
+
+  Without transfer_data, mixture_or_task_name itself (its gold targets); with it, a task
+  over the teacher's greedy labels of the transfer inputs (made once per MODEL_DIR, see
+  `label_transfer_data`).
+
+  Args:
+    transfer_data: a task, mixture, text corpus or glob of text files (`transfer_inputs`).
     transfer_split, transfer_inputs_prefix, max_transfer_examples: which split, a prefix
       for text-file lines, and at most how many transfer inputs.
-  Returns train's last train metrics.
+    batch_size: the teacher's labelling batch.
   """
-  task = train_lib.get_mixture_or_task(mixture_or_task_name)
-  vocabulary = train_lib.output_vocabulary(task)
-  student_config = (config or T5Config()).with_vocab_size(vocabulary.vocab_size)
-  teacher = load_teacher(teacher_checkpoint_path, vocabulary=vocabulary,
-                         student_config=student_config)
-  train_name = mixture_or_task_name
-  if transfer_data:
-    labels = label_transfer_data(
-        model_dir=model_dir, teacher=teacher, transfer_data=transfer_data,
-        split=transfer_split, vocabulary=vocabulary, task_feature_lengths=task_feature_lengths,
-        batch_size=batch_size, inputs_prefix=transfer_inputs_prefix,
-        max_examples=max_transfer_examples)
-    train_name = register_labelled_task(labels, vocabulary=vocabulary)
-  factory = functools.partial(make_distill_train_step, teacher=teacher, alpha=alpha,
-                              temperature=temperature)
-  return train_lib.train(model_dir=model_dir, mixture_or_task_name=train_name,
-                         eval_mixture_or_task_name=mixture_or_task_name,
-                         task_feature_lengths=task_feature_lengths, batch_size=batch_size,
-                         config=student_config, train_step_factory=factory)
+  teacher, vocabulary = run_teacher(teacher_checkpoint_path, mixture_or_task_name)
+  if not transfer_data:
+    return mixture_or_task_name
+  labels = label_transfer_data(
+      model_dir=model_dir, teacher=teacher, transfer_data=transfer_data, split=transfer_split,
+      vocabulary=vocabulary, task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+      inputs_prefix=transfer_inputs_prefix, max_examples=max_transfer_examples)
+  return register_labelled_task(labels, vocabulary=vocabulary)
 
 
 # ------------------------------------------------------------------------------------------
@@ -455,24 +490,28 @@ def distill(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.RE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  del parser  # everything is a gin flag
+  train_lib.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
   """`recast distill --gin_file=models/compact/L4_H256.gin --gin_file=runs/distill.gin
-  --gin.TEACHER_CHECKPOINT_PATH=... --gin.MODEL_DIR=...`."""
-  if not args.gin_file:
-    raise gin_config.GinConfigError(
-        "recast distill needs gin files: the student's model file and the run file, e.g. "
-        "--gin_file=models/compact/L4_H256.gin --gin_file=runs/distill.gin")
+  --gin.TEACHER_CHECKPOINT_PATH=... --gin.MODEL_DIR=...`: `recast train` that insists on
+  runs/distill.gin (which `recast train` and `recast sweep` can use as well)."""
+  run_files = ", ".join(args.gin_file) or "no gin files"
   train_lib._register_tasks()  # pylint: disable=protected-access
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
-  gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))
+  if gin_config.macro_value("TEACHER_CHECKPOINT_PATH", None) is None:
+    raise gin_config.GinConfigError(
+        f"recast distill needs the run file runs/distill.gin (got {run_files}), after the "
+        "student's model file: --gin_file=models/compact/L4_H256.gin "
+        "--gin_file=runs/distill.gin")
+  gin_config.require_macros(REQUIRED_MACROS, run_file=run_files)
   gin.finalize()
-  partitioning.initialize_distributed()
+  if not partitioning.initialize_distributed() and args.multiprocess:
+    jax.distributed.initialize()
   try:
-    distill()
+    train_lib.train()
   except errors.UserError as e:  # Without the "In call to configurable" line gin appends.
-    raise type(e)(str(e).split("\n  In call to configurable")[0]) from None
+    raise errors.UserError(str(e).split("\n  In call to configurable")[0]) from None
   return 0

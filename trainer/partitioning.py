@@ -154,7 +154,11 @@ class Partitioner:
     return jax.tree_util.tree_map_with_path(choose, abstract_opt_state)
 
   def get_data_layout(self, global_batch_size: int) -> DataLayout:
-    """How the global batch splits over processes (each process feeds its own rows)."""
+    """How the global batch splits over processes (each process feeds its own rows).
+
+    Assumes the model axis stays inside a process (num_partitions <= local devices), so
+    every process holds whole, distinct data shards: the usual multi-host layout.
+    """
     if global_batch_size % self.num_data_shards:
       raise PartitioningError(
           f"BATCH_SIZE={global_batch_size} does not split over {self.num_data_shards} "

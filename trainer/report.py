@@ -261,6 +261,7 @@ def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLik
           axis.plot(*zip(*s[(task, metric)]), marker="o", label=name)
       axis.set(xlabel="step", ylabel=metric, title=f"{task} {metric} ({split})")
       axis.legend(fontsize="small")
+    figure.tight_layout()
     path = plots / f"eval_{_safe_name(task)}.png"
     _save_png(figure, path)
     plt.close(figure)

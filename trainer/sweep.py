@@ -150,10 +150,6 @@ class SweepSpec:
   def seed_axis(self) -> Optional[str]:
     return next((a for a in self.axis_names if _is_seed_axis(a)), None)
 
-  @property
-  def task_axis(self) -> Optional[str]:
-    return next((a for a in self.axis_names if a in TASK_AXES), None)
-
   def trials(self) -> list[Trial]:
     """The grid's points in order: each explicit point crossed with the cartesian axes."""
     combos = [dict(zip(self.axes, values)) for values in
@@ -424,15 +420,16 @@ class _MetricsTail:
 
   def __init__(self, model_dir: Path):
     self.path = Path(model_dir) / metrics_writer.METRICS_FILE
-    self.offset, self.step, self.latest = 0, 0, {}
+    self.inode, self.offset, self.step, self.latest = None, 0, 0, {}
 
   def poll(self) -> bool:
     """Reads new complete lines; True when a later step appeared."""
     if not self.path.exists():
       return False
-    size = self.path.stat().st_size
-    if size < self.offset:  # Rewritten by a resumed run (rows past its checkpoint dropped).
-      self.offset, self.step, self.latest = 0, 0, {}
+    stat = self.path.stat()
+    if stat.st_ino != self.inode or stat.st_size < self.offset:
+      # A resumed run rewrote the file (atomically: a new inode) without its torn rows.
+      self.inode, self.offset, self.step, self.latest = stat.st_ino, 0, 0, {}
     with open(self.path, "rb") as f:
       f.seek(self.offset)
       data = f.read()
@@ -483,10 +480,11 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   tail = _MetricsTail(model_dir)
   reported = set(steps)
   cwd = run["cwd"] if os.path.isdir(run["cwd"]) else None
+  command = [sys.executable, *run["command"][1:]]  # This node's Python (Ray's worker).
   with open(model_dir / LOG_FILE, "ab") as log:
-    log.write(f"\n=== attempt {len(attempts) + 1}: {' '.join(run['command'])}\n".encode())
+    log.write(f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}\n".encode())
     log.flush()
-    proc = subprocess.Popen(run["command"], env=env, cwd=cwd, stdout=log,
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log,
                             stderr=subprocess.STDOUT,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
@@ -603,6 +601,7 @@ def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
   import ray
   from ray import tune
   if not ray.is_initialized():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
       ray.init(address=address)
     else:  # Dashboard off; Ray's own services use its token authentication.
@@ -640,19 +639,28 @@ def summarize_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
   """A run's last step, and each metric's final (at its last step) and best value.
 
   rows: metrics.jsonl rows. Returns {"step": int, "final": {key: value}, "best": {key:
-  value}} with keys from `metric_key`; best is the minimum for losses and perplexities,
-  else the maximum. Throughput and learning-rate rows are left out.
+  value}} with keys from `metric_key`. Evaluation rows go through trainer.report's tables
+  (its choice of metrics per task, `validation/average` and benchmark scores); the others
+  (train) are summarised here. Best is the minimum for losses, else the maximum.
+  Throughput and learning-rate rows are left out.
   """
+  from trainer import report
   final, best, last_step, step = {}, {}, {}, 0
   for row in rows:
     step = max(step, int(row["step"]))
-    if row["metric"] in UNTABULATED_METRICS or row["value"] is None:
+    if (row["metric"] in UNTABULATED_METRICS or row["value"] is None
+        or row["split"] == report.EVAL_SPLIT):
       continue
     key, value = metric_key(row), float(row["value"])
     if int(row["step"]) >= last_step.get(key, -1):
       final[key], last_step[key] = value, int(row["step"])
     pick = min if _lower_is_better(row["metric"]) else max
     best[key] = pick(best[key], value) if key in best else value
+  tables = report.build_tables({"run": rows})
+  for kind, out in (("final", final), ("best", best)):
+    for column, value in tables[kind].rows["run"].items():
+      if value is not None:
+        out[f"{report.EVAL_SPLIT}/{column}"] = value
   return {"step": step, "final": final, "best": best}
 
 
@@ -846,41 +854,28 @@ def write_results(spec: SweepSpec, trials: Sequence[Trial]) -> Path:
 
 def _plot(trials: Sequence[Trial], group_rows: Sequence[Mapping[str, Any]],
           group_axes: Sequence[str], results: Path) -> None:
-  """curves.png (train loss per trial) and one bar chart per metric over the groups."""
+  """plots/: trainer.report's curves (train loss, evaluation metrics; a line per trial)
+  and groups_<metric>.png, a bar per group (mean +- std over seeds of the final value)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for trial in trials:
-    rows = [r for r in metrics_writer.read_metrics(trial.model_dir)
-            if r["split"] == "train" and r["metric"] == "loss" and r["value"] is not None]
-    if rows:
-      ax.plot([r["step"] for r in rows], [r["value"] for r in rows], label=trial.name)
-  ax.set(xlabel="step", ylabel="train loss", title="training curves")
-  if len(trials) <= 16:
-    ax.legend(fontsize=6)
-  _save(fig, results / "curves.png")
+  from trainer import report
+  report.write_plots({t.name: metrics_writer.read_metrics(t.model_dir) for t in trials},
+                     results)
   means = [c[:-len(" final mean")] for c in (group_rows[0] if group_rows else {})
            if c.endswith(" final mean")]
+  labels = [", ".join(f"{a.split('.')[-1]}={_short_value(r[a])}" for a in group_axes)
+            for r in group_rows]
   for key in [k for k in means if k == "train/loss" or k.startswith("validation/")][:12]:
-    labels = [", ".join(f"{a.split('.')[-1]}={_short_value(r[a])}" for a in group_axes)
-              for r in group_rows]
     values = [r[f"{key} final mean"] or 0.0 for r in group_rows]
     stds = [r[f"{key} final std"] or 0.0 for r in group_rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 5))
-    ax.bar(range(len(values)), values, yerr=stds, capsize=3)
-    ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
-    ax.set(ylabel=f"{key} (final, mean ± std over seeds)", title=key)
-    fig.tight_layout()
-    _save(fig, results / (re.sub(r"[^\w.-]+", "_", key) + ".png"))
-
-
-def _save(fig, path: Path) -> None:
-  from matplotlib import pyplot as plt
-  partial = path.with_name(f".{path.name}.partial.png")
-  fig.savefig(partial, dpi=100)
-  plt.close(fig)
-  os.replace(partial, path)
+    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 5))
+    axis.bar(range(len(values)), values, yerr=stds, capsize=3)
+    axis.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
+    axis.set(ylabel=f"{key} (final; mean, std over seeds)", title=key)
+    name = re.sub(r"[^\w.-]+", "_", key)
+    report._save_png(figure, results / "plots" / f"groups_{name}.png")
+    plt.close(figure)
 
 
 # ------------------------------------------------------------------------------------------

@@ -97,9 +97,9 @@ def test_study_mixtures_cap_k():
   get = lambda n: recycling36.get_rate(seqio.get_mixture_or_task(n))  # noqa: E731
   assert get("super_glue_cb") == 250 and get("glue_rte") == 2490
   assert get("glue_mnli") == 65536 and get("amazon_reviews_multi_en") == 65536
-  # conll2012_ner has no recorded count (TFDS counts documents): an error naming it.
-  with pytest.raises(rates.MixingRateError, match="conll2012_ner"):
-    rates.normalized_rates(seqio.get_mixture_or_task("dspt14"))
+  dspt14 = seqio.get_mixture_or_task("dspt14")
+  assert dspt14.get_rate(seqio.get_mixture_or_task("hellaswag")) == 39905
+  assert dspt14.get_rate(seqio.get_mixture_or_task("amazon_polarity")) == 65536
 
 
 def test_mnli_eval_tasks_read_the_matched_and_mismatched_splits(tmp_path, monkeypatch):
@@ -142,3 +142,34 @@ def test_leave_one_out_and_multitask_pretraining_mixtures():
   assert mixed["wikipedia_en_span_corruption"] == pytest.approx(2**19 / total, rel=1e-12)
   assert mixed["glue_qqp"] == pytest.approx(363846 / total, rel=1e-12)
   assert mixed["glue_mnli_matched"] == 0.0
+
+
+def test_tasks_list_shows_the_mixtures(capsys):
+  assert cli.main(["tasks", "list", "--json"]) == 0
+  listing = json.loads(capsys.readouterr().out)
+  mixture_tasks = {m["name"]: m["tasks"] for m in listing["mixtures"]}
+  assert mixture_tasks["glue"] == sorted(set(benchmarks.GLUE) | set(benchmarks.MNLI_EVAL_SPLITS))
+  assert len(mixture_tasks["recycling36"]) == 36 and len(mixture_tasks["dspt14"]) == 14
+  matched = next(t for t in listing["tasks"] if t["name"] == "glue_mnli_matched")
+  assert matched["splits"] == ["validation"]
+  assert "validation=validation_matched" in matched["source"]
+
+
+def test_evaluator_mixture_aggregate_adds_the_glue_score():
+  import types
+  from trainer import evaluation
+  inference = {
+      "glue_cola": {"matthews_corrcoef": 40.0}, "glue_sst2": {"accuracy": 90.0},
+      "glue_mrpc": {"f1": 88.0, "accuracy": 84.0},
+      "glue_stsb": {"pearson_corrcoef": 86.0, "spearman_corrcoef": 85.0},
+      "glue_qqp": {"f1": 70.0, "accuracy": 88.0},
+      "glue_mnli_matched": {"accuracy": 80.0}, "glue_mnli_mismatched": {"accuracy": 82.0},
+      "glue_qnli": {"accuracy": 91.0}, "glue_rte": {"accuracy": 70.0},
+      "glue_wnli": {"accuracy": 10.0}}
+  results = {t: dict(v, loss=1.0, token_accuracy=0.5) for t, v in inference.items()}
+  fake = types.SimpleNamespace(tasks=[types.SimpleNamespace(name=t) for t in inference])
+  averages = evaluation.Evaluator._averages(fake, results, inference)
+  assert averages["glue_score"] == pytest.approx(622.5 / 8)
+  assert averages["average"] == pytest.approx((40 + 90 + 86 + 85.5 + 79 + 80 + 82 + 91 + 70
+                                               + 10) / 10)
+  assert "super_glue_score" not in averages

@@ -247,15 +247,51 @@ def test_recycling_table_gives_gain_per_task_over_the_baseline(tmp_path):
   assert md_path.read_text().splitlines()[3] == "| fused | -0.05 | 0.15 | 0.05 | 0.65 |"
 
 
+def test_results_from_run_folders(tmp_path, task_file):
+  """write_results over finished run folders: trials, groups, recycling tables, plots."""
+  spec = sweep.load_spec(_write_spec(tmp_path / "s.yaml", _spec(
+      tmp_path, task_file, points=[], baseline={"LEARNING_RATE": 0.001},
+      grid={"LEARNING_RATE": [0.001, 0.003], "SEED": [0, 1]})))
+  accuracy = {(0.001, 0): (0.50, 0.60), (0.001, 1): (0.60, 0.70),  # (rte, cb)
+              (0.003, 0): (0.70, 0.60), (0.003, 1): (0.70, 0.80)}
+  for trial in spec.trials():
+    rte, cb = accuracy[(trial.point["LEARNING_RATE"], trial.point["SEED"])]
+    rows = [{"step": 10, "split": "train", "task": "", "metric": "loss", "value": 1.0},
+            {"step": 10, "split": "validation", "task": "rte", "metric": "accuracy",
+             "value": rte},
+            {"step": 10, "split": "validation", "task": "cb", "metric": "accuracy",
+             "value": cb}]
+    metrics_writer.atomic_files.write_jsonl(Path(trial.model_dir) / "metrics.jsonl", rows)
+    metrics_writer.atomic_files.write_json(Path(trial.model_dir) / sweep.DONE_FILE, {})
+  results = sweep.write_results(spec, spec.trials())
+  import csv
+  with open(results / "groups.csv") as f:
+    groups = {r["LEARNING_RATE"]: r for r in csv.DictReader(f)}
+  assert float(groups["0.003"]["validation/rte/accuracy final mean"]) == pytest.approx(0.7)
+  assert float(groups["0.003"]["validation/cb/accuracy final std"]) == pytest.approx(
+      np.std([0.6, 0.8], ddof=1))
+  assert float(groups["0.001"]["validation/average final mean"]) == pytest.approx(0.6)
+  recycling = (results / "recycling.md").read_text().splitlines()
+  assert recycling[0] == "| LEARNING_RATE | cb gain | rte gain | mean gain | mean accuracy |"
+  assert recycling[2] == "| 0.001 | 0 | 0 | 0 | 0.6 |"
+  assert recycling[3] == "| 0.003 | 0.05 | 0.15 | 0.1 | 0.7 |"
+  for plot in ("train_loss", "eval_rte", "groups_validation_rte_accuracy"):
+    assert (results / "plots" / f"{plot}.png").stat().st_size > 1000
+
+
 def test_summary_takes_the_last_value_and_the_best_in_the_right_direction():
   rows = [{"step": s, "split": split, "task": task, "metric": m, "value": v} for s, split,
           task, m, v in [(1, "train", "", "loss", 3.0), (2, "train", "", "loss", 1.0),
                          (3, "train", "", "loss", 2.0), (3, "train", "", "tokens_per_second", 9),
                          (2, "validation", "rte", "accuracy", 0.7),
-                         (4, "validation", "rte", "accuracy", 0.6)]]
+                         (4, "validation", "rte", "accuracy", 0.6),
+                         (4, "validation", "cb", "accuracy", 0.8)]]
+  # Evaluation columns and their average come from trainer.report's tables.
   assert sweep.summarize_metrics(rows) == {
-      "step": 4, "final": {"train/loss": 2.0, "validation/rte/accuracy": 0.6},
-      "best": {"train/loss": 1.0, "validation/rte/accuracy": 0.7}}
+      "step": 4, "final": {"train/loss": 2.0, "validation/rte/accuracy": 0.6,
+                           "validation/cb/accuracy": 0.8, "validation/average": 0.7},
+      "best": {"train/loss": 1.0, "validation/rte/accuracy": 0.7,
+               "validation/cb/accuracy": 0.8, "validation/average": 0.75}}
 
 
 def test_trial_environment_gives_jax_its_gpu_share():
@@ -269,6 +305,20 @@ def test_trial_environment_gives_jax_its_gpu_share():
   assert cpu["CUDA_VISIBLE_DEVICES"] == "" and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in cpu
   assert sweep.trial_environment(base, gpus=1, extra={
       "XLA_PYTHON_CLIENT_MEM_FRACTION": ".5"})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == ".5"
+
+
+def test_metrics_tail_reports_the_newest_values_across_a_resumed_rewrite(tmp_path):
+  row = lambda step, value: {"step": step, "split": "train", "task": "", "metric": "loss",
+                             "value": value}
+  tail = sweep._MetricsTail(tmp_path)
+  assert not tail.poll()
+  metrics_writer.atomic_files.append_jsonl(tmp_path / "metrics.jsonl", [row(1, 3.0), row(2, 2.0)])
+  assert tail.poll() and (tail.step, tail.latest) == (2, {"train/loss": 2.0})
+  assert not tail.poll()
+  # A resumed run drops rows after its checkpoint (atomic rewrite) and appends again.
+  metrics_writer.atomic_files.write_jsonl(tmp_path / "metrics.jsonl", [row(1, 3.0)])
+  metrics_writer.atomic_files.append_jsonl(tmp_path / "metrics.jsonl", [row(2, 2.5), row(3, 2.2)])
+  assert tail.poll() and (tail.step, tail.latest) == (3, {"train/loss": 2.2})
 
 
 # ------------------------------------------------------------------------------------------
@@ -364,8 +414,8 @@ def test_grid_of_8_trials_completes_with_a_table_row_each(sweep_run):
   md = (sweep_run["results"] / "groups.md").read_text()
   assert md.startswith("| CHECKPOINT_PERIOD | LEARNING_RATE | seeds | train/accuracy final")
   assert " ± " in md
-  assert (sweep_run["results"] / "curves.png").stat().st_size > 1000
-  assert (sweep_run["results"] / "train_loss.png").stat().st_size > 1000
+  assert (sweep_run["results"] / "plots/train_loss.png").stat().st_size > 1000
+  assert (sweep_run["results"] / "plots/groups_train_loss.png").stat().st_size > 1000
   # Each trial held one of the two (fake) GPUs, and only it was visible to its process.
   for name in names:
     for attempt in _attempts(runs / name):
@@ -407,3 +457,11 @@ def test_killed_driver_resumed_runs_only_the_unfinished_trials(sweep_run):
   tune_runs = sorted((runs.parent / "tune").iterdir())
   assert [p.name for p in tune_runs] == ["driver_1", "driver_2"]
   assert sorted(p.name for p in tune_runs[1].iterdir() if p.is_dir()) == sorted(outcome.ran)
+
+
+@pytest.mark.parametrize("name", ["lr_seed", "compact_models", "recycling"])
+def test_example_specs_are_valid(name):
+  spec = sweep.load_spec(REPO / "gin/experiments/sweeps" / f"{name}.yaml", cwd=str(REPO))
+  trials = spec.trials()
+  assert len(trials) == {"lr_seed": 9, "compact_models": 64, "recycling": 36}[name]
+  sweep.validate_trials(spec, trials)

@@ -215,7 +215,8 @@ def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
   assert validation["token_accuracy"] == 1.0
   predictions = list((model_dir / "inference_eval").glob("*"))
   assert predictions and len(predictions[0].read_text().splitlines()) == 64
-  rows = [r for r in metrics_writer.read_metrics(model_dir) if r["metric"] == "loss"]
+  rows = [r for r in metrics_writer.read_metrics(model_dir)
+          if r["metric"] == "loss" and r["split"] == "train"]
   assert [r["step"] for r in rows] == [50, 100, 150]
   assert rows[-1]["value"] < 0.05 < rows[0]["value"]
   assert (model_dir / "config.gin").is_file()
