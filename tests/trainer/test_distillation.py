@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
              "sentencepiece.model")
-LENGTHS = {"inputs": 64, "targets": 12}
+LENGTHS = {"inputs": 64, "targets": 4}  # targets: "positive", "neg" (cut) + EOS
 
 
 def _log_softmax(x):
@@ -105,11 +105,10 @@ def test_alpha_one_is_ordinary_fine_tuning():
   assert float(runs["distill"][2]["distill_kl"]) > 0  # the teacher did run
 
 
-@pytest.fixture(scope="module")
-def sst2_flags(shared_data):
-  """Gin flags shared by the SST-2 runs: real glue_sst2 read from ../shared/data, with
-  seqio's 26-piece test vocabulary (short, cheap sequences)."""
-  return [f"--gin.DATA_DIR='{shared_data}'", f"--gin.VOCABULARY='{TOY_VOCAB}'",
+def sst2_flags(data_dir, vocabulary):
+  """Gin flags shared by the SST-2 runs: the real glue_sst2 task read from ../shared/data,
+  tokenized with the SentencePiece model at `vocabulary`."""
+  return [f"--gin.DATA_DIR='{data_dir}'", f"--gin.VOCABULARY='{vocabulary}'",
           "--gin.MIXTURE_OR_TASK_NAME='glue_sst2'",
           f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=32",
           "--gin.DROPOUT_RATE=0.0", "--gin.EVAL_PERIOD=0", "--gin.LEARNING_RATE=0.01",
@@ -123,7 +122,7 @@ def _save_teacher(path, *, vocabulary, vocab_size):
       vocabulary=vocabulary)
 
 
-def test_teacher_of_another_vocabulary_is_rejected(sst2_flags, tmp_path, capsys):
+def test_teacher_of_another_vocabulary_is_rejected(shared_data, tmp_path, capsys):
   from tasks import vocabularies
   from trainer import cli
   byte_teacher = _save_teacher(tmp_path / "byte", vocab_size=384, vocabulary=(
@@ -131,7 +130,8 @@ def test_teacher_of_another_vocabulary_is_rejected(sst2_flags, tmp_path, capsys)
   wide_teacher = _save_teacher(tmp_path / "wide", vocab_size=256, vocabulary=(
       vocabularies.describe(vocabularies.sentencepiece_vocabulary(str(TOY_VOCAB)))))
   flags = ["distill", "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/distill.gin",
-           f"--gin.MODEL_DIR='{tmp_path / 'student'}'", "--gin.TRAIN_STEPS=1", *sst2_flags]
+           f"--gin.MODEL_DIR='{tmp_path / 'student'}'", "--gin.TRAIN_STEPS=1",
+           *sst2_flags(shared_data, TOY_VOCAB)]
   assert cli.main(flags + [f"--gin.TEACHER_CHECKPOINT_PATH='{byte_teacher}'"]) == 2
   err = capsys.readouterr().err
   assert f"vocabulary mismatch with teacher checkpoint {byte_teacher}" in err
@@ -161,22 +161,28 @@ def test_text_files_as_transfer_data(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def distilled(sst2_flags, tmp_path_factory):
-  """A tiny teacher fine-tuned on SST-2 for 150 steps, then a smaller student (d_model 32,
-  one layer per stack, random init) distilled from it for 150 steps on 2,000 SST-2 train
-  inputs labelled by the teacher (alpha 0: no gold labels)."""
-  from trainer import cli
+def distilled(shared_data, tmp_path_factory):
+  """A tiny teacher (2+2 layers) fine-tuned on SST-2 for 200 steps, then a smaller student
+  (1+1 layers, random init) distilled from it for 200 steps on 8,000 SST-2 train inputs
+  labelled by the teacher (alpha 0: no gold labels). The vocabulary: 2,000 pieces built
+  from SST-2 text (word pieces let a tiny teacher pick up sentiment words quickly)."""
+  import itertools
+  from tasks import vocab_build
+  from trainer import cli, distillation  # noqa: F401  (its configurables, before gin locks)
   root = tmp_path_factory.mktemp("distill")
+  with open(shared_data / "glue/sst2/train.jsonl") as f:
+    lines = [json.loads(line)["sentence"] for line in itertools.islice(f, 20000)]
+  vocabulary = vocab_build.build_vocabulary(lines, vocab_size=2000, out=root / "sst2.model")
+  flags = sst2_flags(shared_data, vocabulary)
   assert cli.main(["train", "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/finetune.gin",
-                   f"--gin.MODEL_DIR='{root / 'teacher'}'", "--gin.TRAIN_STEPS=150",
-                   *sst2_flags]) == 0
+                   f"--gin.MODEL_DIR='{root / 'teacher'}'", "--gin.TRAIN_STEPS=200",
+                   *flags]) == 0
   assert cli.main([
       "distill", "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/distill.gin",
-      "--gin.T5Config.d_model=32", "--gin.T5Config.num_heads=2", "--gin.T5Config.d_ff=64",
       "--gin.T5Config.num_encoder_layers=1", "--gin.T5Config.num_decoder_layers=1",
-      f"--gin.MODEL_DIR='{root / 'student'}'", "--gin.TRAIN_STEPS=150",
+      f"--gin.MODEL_DIR='{root / 'student'}'", "--gin.TRAIN_STEPS=200",
       f"--gin.TEACHER_CHECKPOINT_PATH='{root / 'teacher'}'", "--gin.TRANSFER_DATA='glue_sst2'",
-      "--gin.MAX_TRANSFER_EXAMPLES=2000", *sst2_flags]) == 0
+      "--gin.MAX_TRANSFER_EXAMPLES=8000", *flags]) == 0
   return root
 
 
@@ -193,12 +199,13 @@ def _predictions(run_dir, inputs, vocabulary):
 def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled):
   from trainer import distillation, metrics_writer, train
   labels = [json.loads(line) for line in open(distilled / "student" / "teacher_labels.jsonl")]
-  assert len(labels) == 2000
+  assert len(labels) == 8000
   assert json.loads((distilled / "student" / "teacher_labels.json").read_text())[
-      "num_examples"] == 2000
+      "num_examples"] == 8000
   kl = [r["value"] for r in metrics_writer.read_metrics(distilled / "student")
         if r["metric"] == "distill_kl"]
-  assert len(kl) == 6 and kl[-1] < 0.5 * kl[0]
+  print(f"distill_kl every 25 steps: {np.round(kl, 4).tolist()}")
+  assert len(kl) == 8 and kl[-1] < 0.2 * kl[0] and kl[-1] < kl[3]
 
   vocab = train.output_vocabulary(train.get_mixture_or_task("glue_sst2"))
   held_out = distillation.transfer_inputs("glue_sst2", split="validation", vocabulary=vocab,
@@ -208,6 +215,6 @@ def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled):
   counts = collections.Counter(teacher)
   agreement = float(np.mean([t == s for t, s in zip(teacher, student)]))
   print(f"teacher predictions {dict(counts)}; student agreement {agreement:.3f}")
-  assert set(counts) == {"positive", "negative"}  # the teacher's answer depends on the input
-  assert agreement >= 0.8
-  assert agreement > max(counts.values()) / len(teacher)  # better than a constant answer
+  assert len(counts) == 2 and min(counts.values()) > 50  # its answer depends on the input
+  assert agreement >= 0.75  # measured here: 0.82
+  assert agreement > max(counts.values()) / len(teacher) + 0.1  # far from a constant answer

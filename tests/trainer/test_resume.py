@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 HERE = Path(__file__).resolve().parent
 STEPS, PERIOD, HANG_AT = 8, 4, 6
@@ -47,7 +46,6 @@ def _finish(proc, timeout=300):
 
 
 def _params(model_dir, step):
-  from trainer import run_checkpoints
   import orbax.checkpoint as ocp
   restored = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
       Path(model_dir).resolve() / f"checkpoint_{step}" / "state")

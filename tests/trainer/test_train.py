@@ -5,7 +5,6 @@ train on, in subprocesses; it reads the first 64 rows of ../shared/data/glue/rte
 """
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
