@@ -55,8 +55,7 @@ class Preset:
   pipeline_streams: tuple  # ("span_corruption", "finetune"): which streams to measure
   span_lengths: dict
   finetune_lengths: dict
-  packing_lengths: tuple
-  packing_tasks: tuple
+  packing: tuple  # ((mixture or task, {"inputs": Li, "targets": Lt}), ...)
   packing_batches: int
   gpu_batch: int
   torch_compile: bool = True
@@ -74,9 +73,12 @@ PRESETS = {
         pipeline_steps=8, pipeline_streams=("span_corruption", "finetune"),
         span_lengths={"inputs": 512, "targets": 114},
         finetune_lengths={"inputs": 512, "targets": 64},
-        packing_lengths=({"inputs": 512, "targets": 128}, {"inputs": 512, "targets": 64},
-                         {"inputs": 256, "targets": 32}),
-        packing_tasks=("bench_glue4", "glue_rte", "glue_sst2"), packing_batches=10,
+        packing=(("bench_glue4", {"inputs": 512, "targets": 128}),
+                 ("bench_glue4", {"inputs": 512, "targets": 64}),
+                 ("bench_glue4", {"inputs": 512, "targets": 48}),
+                 ("bench_glue4", {"inputs": 256, "targets": 32}),
+                 ("glue_rte", {"inputs": 512, "targets": 64}),
+                 ("glue_sst2", {"inputs": 512, "targets": 64})), packing_batches=10,
         gpu_batch=64),
     "smoke": Preset(
         model=dict(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1,
@@ -86,7 +88,7 @@ PRESETS = {
         useful_repetitions=1, pipeline_batch=4, pipeline_batches=2, pipeline_steps=2,
         pipeline_streams=("span_corruption",), span_lengths={"inputs": 64, "targets": 16},
         finetune_lengths={"inputs": 64, "targets": 16},
-        packing_lengths=({"inputs": 64, "targets": 16},), packing_tasks=("bench_glue4",),
+        packing=(("bench_glue4", {"inputs": 64, "targets": 16}),),
         packing_batches=2, gpu_batch=8, torch_compile=False),
 }
 
@@ -258,12 +260,11 @@ def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: 
       print_input_pipeline(results["input_pipeline"])
     if "packing" in sections:
       results["packing"] = []
-      for name in preset.packing_tasks:
-        for lengths in preset.packing_lengths:
-          log(f"packing: {name} {_lengths(lengths)}")
-          results["packing"].append(packing.packing_efficiency(
-              mixture_or_task_name=name, task_feature_lengths=lengths,
-              num_batches=preset.packing_batches))
+      for name, lengths in preset.packing:
+        log(f"packing: {name} {_lengths(lengths)}")
+        results["packing"].append(packing.packing_efficiency(
+            mixture_or_task_name=name, task_feature_lengths=lengths,
+            num_batches=preset.packing_batches))
       print_packing(results["packing"])
     if "gpu" in sections:
       results["gpu"] = gpu.mfu(batch_size=preset.gpu_batch, log=log)

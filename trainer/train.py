@@ -41,6 +41,8 @@ def get_mixture_or_task(name: str):
   """The registered seqio Task or Mixture `name`; unknown names get close matches."""
   import seqio
   _register_tasks()
+  from tasks import pretraining
+  pretraining.ensure_pretraining_task(name)  # `<task>_<objective>` exists once asked for
   try:
     return seqio.get_mixture_or_task(name)
   except ValueError:
@@ -104,23 +106,25 @@ def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[st
 def truncation_report(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                       split: str = "train", use_cached: bool = False,
                       num_examples: int = TRUNCATION_SAMPLE) -> dict[str, dict]:
-  """How many of the first `num_examples` examples are longer than the feature lengths.
+  """How many of the first `num_examples` examples (shared out over the mixture's tasks) are
+  longer than the feature lengths.
 
   Returns {feature: {"fraction": truncated fraction, "longest": longest length seen,
   "p99": 99th-percentile length}} for each feature in `task_feature_lengths`.
   """
   import seqio
-  task = seqio.get_mixture_or_task(mixture_or_task_name)
-  try:  # No sequence length: preprocessors that trim (append_eos_after_trim) do not.
+  from tasks import pretraining
+  # Objective tasks (span corruption, ...) cut their own examples to fit; the others are
+  # read with no sequence length, so nothing trims them before they are measured.
+  measured = [t for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+              if pretraining.parse_derived_task_name(t.name) is None and split in t.splits]
+  lengths: dict[str, list[int]] = {name: [] for name in task_feature_lengths}
+  for task in measured:
     ds = task.get_dataset(None, split=split, use_cached=use_cached, shuffle=False,
                           num_epochs=1, trim_output_features=False)
-  except Exception:  # Objectives (span corruption) need lengths, and produce fitting ones.
-    ds = task.get_dataset(dict(task_feature_lengths), split=split, use_cached=use_cached,
-                          shuffle=False, num_epochs=1, trim_output_features=False)
-  lengths: dict[str, list[int]] = {name: [] for name in task_feature_lengths}
-  for example in ds.take(num_examples).as_numpy_iterator():
-    for name in lengths:
-      lengths[name].append(int(np.size(example[name])))
+    for example in ds.take(max(1, num_examples // len(measured))).as_numpy_iterator():
+      for name in lengths:
+        lengths[name].append(int(np.size(example[name])))
   report = {}
   for name, seen in lengths.items():
     seen = np.asarray(seen or [0])

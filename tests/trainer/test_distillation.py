@@ -148,7 +148,7 @@ def test_text_files_as_transfer_data(tmp_path):
   from trainer import distillation
   vocab = vocabularies.sentencepiece_vocabulary(str(TOY_VOCAB))
   (tmp_path / "a.txt").write_text("a fine film\n\nslow and dull\n")
-  (tmp_path / "b.txt").write_text("x" * 200 + "\n")
+  (tmp_path / "b.txt").write_text("a late tea at sea " * 20 + "\n")
   ids = distillation.transfer_inputs(str(tmp_path / "*.txt"), split="train", vocabulary=vocab,
                                      task_feature_lengths=LENGTHS,
                                      inputs_prefix="sst2 sentence: ")
@@ -196,8 +196,9 @@ def _predictions(run_dir, inputs, vocabulary):
   return [vocabulary.decode(ids) for ids in labels]
 
 
-def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled):
-  from trainer import distillation, metrics_writer, train
+def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled, shared_data, monkeypatch):
+  from tasks import vocabularies
+  from trainer import distillation, metrics_writer
   labels = [json.loads(line) for line in open(distilled / "student" / "teacher_labels.jsonl")]
   assert len(labels) == 8000
   assert json.loads((distilled / "student" / "teacher_labels.json").read_text())[
@@ -207,9 +208,11 @@ def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled):
   print(f"distill_kl every 25 steps: {np.round(kl, 4).tolist()}")
   assert len(kl) == 8 and kl[-1] < 0.2 * kl[0] and kl[-1] < kl[3]
 
-  vocab = train.output_vocabulary(train.get_mixture_or_task("glue_sst2"))
-  held_out = distillation.transfer_inputs("glue_sst2", split="validation", vocabulary=vocab,
-                                          task_feature_lengths=LENGTHS, max_examples=256)
+  monkeypatch.setenv("RECAST_DATA_DIR", str(shared_data))
+  vocab = vocabularies.sentencepiece_vocabulary(str(distilled / "sst2.model"))
+  with vocabularies.use_vocabulary(vocab):
+    held_out = distillation.transfer_inputs("glue_sst2", split="validation", vocabulary=vocab,
+                                            task_feature_lengths=LENGTHS, max_examples=256)
   teacher = _predictions(distilled / "teacher", held_out, vocab)
   student = _predictions(distilled / "student", held_out, vocab)
   counts = collections.Counter(teacher)
