@@ -186,7 +186,7 @@ def compare_train_step(*, config: T5Config, batch_size: int,
       device_batch = trainer.device_batch(batch)
       loss = trainer.step(device_batch)  # compiles
     except Exception as e:  # noqa: BLE001  (a system that cannot run is reported, not fatal)
-      systems[name] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+      systems[name] = {"skipped": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
       log(f"  {name}: skipped ({systems[name]['skipped']})")
       return
     systems[name] = {"first_step_s": time.perf_counter() - start, "first_loss": loss}
@@ -201,6 +201,13 @@ def compare_train_step(*, config: T5Config, batch_size: int,
   else:
     systems["hf_compile"] = {"skipped": "not requested (--no_torch_compile)"}
   seconds = measure.interleaved_seconds(contenders, repetitions=repetitions, warmup=1)
+  contenders.clear()  # frees both models before the next section (GPU memory above all)
+  if device == "cuda":
+    import gc
+
+    import torch
+    gc.collect()
+    torch.cuda.empty_cache()
   for name, times in seconds.items():
     systems[name].update(_throughput(times, batch_size=batch_size,
                                      task_feature_lengths=task_feature_lengths,

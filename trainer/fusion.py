@@ -644,14 +644,17 @@ def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
 
 
 def score_rows(fusion_dir: str | os.PathLike) -> list[dict]:
-  """[{"round": r, "average": mean score, TASK: score, ...}] for every finished round."""
+  """[{"round": r, TASK: score, ..., "average": mean score, "loss": mean teacher-forced
+  loss, "token_accuracy": its mean}] for every finished round (scores 0-100)."""
   fusion_dir = Path(fusion_dir)
   rows = []
   r = 0
   while _is_done(fusion_dir / f"round_{r}"):
     scores = json.loads((fusion_dir / f"round_{r}" / SCORES_FILE).read_text())
     row = {"round": r, **{t: v["score"] for t, v in scores.items()}}
-    row["average"] = float(np.mean([v["score"] for v in scores.values()]))
+    for name, key in (("average", "score"), ("loss", "loss"),
+                      ("token_accuracy", "token_accuracy")):
+      row[name] = float(np.mean([v.get(key, np.nan) for v in scores.values()]))
     rows.append(row)
     r += 1
   return rows
@@ -662,17 +665,21 @@ def write_score_report(fusion_dir: str | os.PathLike, rows: Sequence[dict]) -> N
   fusion_dir = Path(fusion_dir)
   if not rows:
     return
-  columns = ["round", *[k for k in rows[0] if k not in ("round", "average")], "average"]
-  fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.2f}"
+  summary = ("average", "loss", "token_accuracy")
+  tasks = [k for k in rows[0] if k != "round" and k not in summary]
+  columns = ["round", *tasks, *summary]
+  fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
   md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   md += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
   base = rows[0]["average"]
-  md += ["", "Round 0 is the base. Gain of each round's average over the base: " +
+  md += ["", "Scores: each task's mean validation metric (0-100) of the round's fused model; "
+         "loss and token_accuracy: teacher-forced, mean over tasks.",
+         "Round 0 is the base. Gain of each round's average over the base: " +
          ", ".join(f"round {row['round']}: {row['average'] - base:+.2f}" for row in rows[1:])]
   atomic_files.write_text(fusion_dir / "scores.md", "\n".join(md) + "\n")
   csv = [",".join(columns)] + [",".join(fmt(row[c]) for c in columns) for row in rows]
   atomic_files.write_text(fusion_dir / "scores.csv", "\n".join(csv) + "\n")
-  _plot_scores(fusion_dir / "scores.png", rows, columns[1:])
+  _plot_scores(fusion_dir / "scores.png", rows, [*tasks, "average"])
 
 
 def _plot_scores(path: Path, rows: Sequence[dict], series: Sequence[str]) -> None:

@@ -58,8 +58,8 @@ def _tiny_config(**changes):
   return network.T5Config(**{**base, **changes})
 
 
-def _random_batch(rows=8, inputs=16, targets=8, seed=0):
-  rng = np.random.default_rng(seed)
+def _random_batch(rows=8, inputs=16, targets=8):
+  rng = np.random.default_rng(0)
   enc = rng.integers(2, 128, size=(rows, inputs)).astype(np.int32)
   tgt = rng.integers(2, 128, size=(rows, targets)).astype(np.int32)
   tgt[:, -2:] = 0
@@ -72,6 +72,7 @@ def _random_batch(rows=8, inputs=16, targets=8, seed=0):
 def test_alpha_one_is_ordinary_fine_tuning():
   """Same start, same batches: identical losses and parameters, microbatched too, though a
   (different, larger) teacher runs inside the distillation step."""
+  import flax.linen as nn
   import jax
   from trainer import distillation, network, optimizers, partitioning
   from trainer import train_state as ts
@@ -79,7 +80,7 @@ def test_alpha_one_is_ordinary_fine_tuning():
   teacher_config = _tiny_config(d_model=48, num_encoder_layers=2)
   teacher = distillation.Teacher(
       path="random", config=teacher_config,
-      params=jax.tree_util.tree_map(np.asarray, ts.nn.unbox(network.init_params(
+      params=jax.tree_util.tree_map(np.asarray, nn.unbox(network.init_params(
           teacher_config, jax.random.PRNGKey(7)))))
   partitioner = partitioning.Partitioner()
   optimizer = optimizers.create_optimizer(learning_rate_schedule=0.01)

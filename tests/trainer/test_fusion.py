@@ -294,8 +294,14 @@ def test_cold_fusion_rounds_end_to_end(fusion_run):
   for row in rows:
     assert all(0 <= row[t] <= 100 for t in POOL)
     assert row["average"] == pytest.approx(np.mean([row[t] for t in POOL]))
+    assert 0 < row["loss"] < 20 and 0 <= row["token_accuracy"] <= 1
+  # Fine-tuning on the pool lowers the fused model's teacher-forced loss below the base's.
+  assert rows[-1]["loss"] < rows[0]["loss"]
   table = (fusion_dir / "scores.md").read_text()
-  assert table.count("\n| ") == 5 and "| round | glue_rte |" in table  # header + 4 rounds
+  lines = [line for line in table.splitlines() if line.startswith("| ")]
+  assert lines[0] == ("| round | glue_cola | glue_mrpc | glue_rte | super_glue_cb | average | "
+                      "loss | token_accuracy |")
+  assert [line.split(" | ")[0] for line in lines[1:]] == ["| 0", "| 1", "| 2", "| 3"]
   assert (fusion_dir / "scores.png").stat().st_size > 1000
   averages = {(r["step"]) for r in metrics_writer.read_metrics(fusion_dir)
               if r["task"] == "average"}
