@@ -1,7 +1,7 @@
 """`python -m benchmarks.run` (`make bench`): every benchmark of issue 8 in one run; prints
 tables and writes one JSON file (benchmarks/results/<date>T<time>.json, not committed).
 
-  python -m benchmarks.run                          # all sections, CPU preset (~15 min, 2 cores)
+  python -m benchmarks.run                          # all sections, CPU preset (~20 min, 2 cores)
   python -m benchmarks.run --sections=packing       # one section
   python -m benchmarks.run --preset=smoke --vocabulary=byte   # toy sizes, seconds
 
@@ -24,7 +24,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -70,7 +69,7 @@ PRESETS = {
     "cpu": Preset(
         model=CPU_MODEL, step_batch=8, step_lengths={"inputs": 512, "targets": 114},
         step_repetitions=5, useful_lengths={"inputs": 512, "targets": 64}, useful_rows=8,
-        useful_batches=3, useful_repetitions=2, pipeline_batch=8, pipeline_batches=20,
+        useful_batches=3, useful_repetitions=2, pipeline_batch=8, pipeline_batches=200,
         pipeline_steps=8, pipeline_streams=("span_corruption", "finetune"),
         span_lengths={"inputs": 512, "targets": 114},
         finetune_lengths={"inputs": 512, "targets": 64},

@@ -22,3 +22,12 @@ def shared_data() -> Path:
     pytest.skip(f"real data not found at {SHARED_DATA} (set RECAST_SHARED_DATA or check out "
                 "../shared beside the repo)")
   return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin_bindings():
+  """Each test starts from no gin bindings (a DATA_DIR bound by one test must not leak)."""
+  yield
+  import sys
+  if "gin" in sys.modules:
+    sys.modules["gin"].clear_config(clear_constants=False)

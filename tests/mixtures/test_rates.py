@@ -29,7 +29,12 @@ def _task(name: str, count: int) -> seqio.Task:
 
 @pytest.fixture(scope="module")
 def tasks():
-  return {name: _task(name, count) for name, count in COUNTS.items()}
+  yield {name: _task(name, count) for name, count in COUNTS.items()}
+  for name in [*COUNTS, "rates_test_uncounted"]:  # Leave the registry as recast made it.
+    seqio.TaskRegistry.remove(name)
+  for name in list(seqio.MixtureRegistry.names()):
+    if name.startswith("rates_test_"):
+      seqio.MixtureRegistry.remove(name)
 
 
 def _mixture(name, rate):
