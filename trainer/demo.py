@@ -31,8 +31,8 @@ VOCAB_PIECES = 256  # the demo text has few distinct words; +100 sentinels = 356
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", default="runs/demo",
                       help="where data, vocabulary, runs and the report go (runs/demo)")
-  parser.add_argument("--pretrain_steps", type=int, default=1500)
-  parser.add_argument("--finetune_steps", type=int, default=1500)
+  parser.add_argument("--pretrain_steps", type=int, default=600)
+  parser.add_argument("--finetune_steps", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--fresh", action="store_true",
                       help="delete earlier demo runs in --workdir first (default: resume them)")
