@@ -48,12 +48,9 @@ _PLACES = ["on monday", "in london", "this week", "after a long delay", "in the 
 
 _PEOPLE = ["a man", "a woman", "a child", "an old man", "a girl", "a boy", "a teacher",
            "a doctor"]
-_ACTIVITIES = {
-    "playing guitar": "making music", "reading a book": "reading", "riding a bike": "cycling",
-    "cooking pasta": "making food", "swimming in a lake": "in the water",
-    "painting a wall": "painting", "running on a track": "running",
-    "singing a song": "making music", "eating an apple": "eating", "writing a letter": "writing",
-}
+_ACTIVITIES = ["playing guitar", "reading a book", "riding a bike", "cooking pasta",
+               "swimming in a lake", "painting a wall", "running on a track",
+               "singing a song", "eating an apple", "writing a letter"]
 _SETTINGS = ["in the park", "at home", "near the river", "in a small room", "outside",
              "on a sunny day"]
 
@@ -77,15 +74,18 @@ def _topic(rng: random.Random) -> dict:
 
 
 def _entailment(rng: random.Random) -> dict:
+  """Entailed: the hypothesis restates who does what; not: the person or activity differs."""
   person = rng.choice(_PEOPLE)
-  activity = rng.choice(list(_ACTIVITIES))
+  activity = rng.choice(_ACTIVITIES)
   premise = f"{person} is {activity} {rng.choice(_SETTINGS)}."
   label = rng.randrange(2)  # 0 entailment, 1 not_entailment (GLUE RTE's encoding)
-  if label == 0:
-    hypothesis = f"{person} is {_ACTIVITIES[activity]}."
-  else:
-    other = rng.choice([a for a in _ACTIVITIES if _ACTIVITIES[a] != _ACTIVITIES[activity]])
-    hypothesis = f"{person} is {_ACTIVITIES[other]}."
+  who, what = person, activity
+  if label == 1:
+    if rng.random() < 0.5:
+      who = rng.choice([p for p in _PEOPLE if p != person])
+    else:
+      what = rng.choice([a for a in _ACTIVITIES if a != activity])
+  hypothesis = f"{who} is {what}."
   return {"premise": premise, "hypothesis": hypothesis, "label": label}
 
 
@@ -127,8 +127,9 @@ def write_demo_data(data_dir: str | Path, *, seed: int = 0) -> Path:
 
 
 def vocabulary_text(data_dir: str | Path) -> list[str]:
-  """The demo train splits' text and label names, for building the demo vocabulary."""
-  lines = [name for names in LABEL_NAMES.values() for name in names]
+  """The demo train splits' text (inputs and arithmetic answers), for the demo vocabulary;
+  pass `LABEL_NAMES` as the vocabulary's required text."""
+  lines = []
   for name in GENERATORS:
     with open(Path(data_dir) / "demo" / name / "train.jsonl", encoding="utf-8") as f:
       for row in map(json.loads, f):

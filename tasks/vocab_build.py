@@ -74,11 +74,19 @@ def file_text(paths: Sequence[str]) -> Iterator[str]:
           yield line.rstrip("\n")
 
 
+def label_names(task_names: Sequence[str]) -> list[str]:
+  """The target strings of the classification tasks among `task_names`."""
+  return [name for task in task_names for name in (specs.task_spec(task).label_names or ())]
+
+
 def build_vocabulary(lines: Iterable[str], *, vocab_size: int, out: str | os.PathLike,
-                     max_sentences: int = 1_000_000,
-                     character_coverage: float = 0.9995) -> Path:
+                     max_sentences: int = 1_000_000, character_coverage: float = 0.9995,
+                     required_text: Sequence[str] = ()) -> Path:
   """Trains a unigram SentencePiece model on `lines` and writes it to `out` atomically.
 
+  `required_text` (e.g. label names such as "not_entailment") is added to the training
+  text, its characters are always kept whatever `character_coverage` says, and each string
+  must encode without unknown pieces (else VocabBuildError).
   Returns the path; the model has `vocab_size` pieces with pad 0, eos 1, unk 2, no bos.
   """
   out = Path(out)
@@ -87,6 +95,8 @@ def build_vocabulary(lines: Iterable[str], *, vocab_size: int, out: str | os.Pat
     corpus = Path(tmp) / "corpus.txt"
     count = 0
     with open(corpus, "w", encoding="utf-8") as f:
+      for line in required_text:
+        f.write(line + "\n")
       for line in lines:
         f.write(line.replace("\n", " ") + "\n")
         count += 1
@@ -98,12 +108,23 @@ def build_vocabulary(lines: Iterable[str], *, vocab_size: int, out: str | os.Pat
           input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
           model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
           character_coverage=character_coverage, input_sentence_size=max_sentences,
-          shuffle_input_sentence=True, hard_vocab_limit=True, minloglevel=2)
+          shuffle_input_sentence=True, hard_vocab_limit=True, minloglevel=2,
+          required_chars="".join(sorted(set("".join(required_text)))))
     except RuntimeError as e:
       raise VocabBuildError(f"SentencePiece could not build {vocab_size} pieces from "
                             f"{count} lines: {e}. Use a smaller --vocab_size or more text")
+    _check_encodes(Path(tmp) / "spm.model", required_text)
     os.replace(Path(tmp) / "spm.model", out)
   return out
+
+
+def _check_encodes(model_file: Path, texts: Sequence[str]) -> None:
+  processor = spm.SentencePieceProcessor(model_file=str(model_file))
+  broken = [t for t in texts if processor.unk_id() in processor.encode(t)
+            or processor.decode(processor.encode(t)) != t]
+  if broken:
+    raise VocabBuildError(f"the vocabulary cannot spell {broken[:5]} (target strings); use "
+                          "a larger --vocab_size or more text")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,7 +142,8 @@ def main(args: argparse.Namespace) -> int:
 
   path = build_vocabulary(lines(), vocab_size=args.vocab_size, out=args.out,
                           max_sentences=args.max_sentences,
-                          character_coverage=args.character_coverage)
+                          character_coverage=args.character_coverage,
+                          required_text=label_names(args.task))
   described = vocabularies.describe(vocabularies.sentencepiece_vocabulary(str(path)))
   print(f"wrote {path}: {args.vocab_size} pieces + {vocabularies.EXTRA_IDS} extra ids = "
         f"{described['size']}; use it with --gin.VOCABULARY={str(path)!r}")

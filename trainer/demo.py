@@ -31,8 +31,8 @@ VOCAB_PIECES = 256  # the demo text has few distinct words; +100 sentinels = 356
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", default="runs/demo",
                       help="where data, vocabulary, runs and the report go (runs/demo)")
-  parser.add_argument("--pretrain_steps", type=int, default=600)
-  parser.add_argument("--finetune_steps", type=int, default=1000)
+  parser.add_argument("--pretrain_steps", type=int, default=1000)
+  parser.add_argument("--finetune_steps", type=int, default=2500)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--fresh", action="store_true",
                       help="delete earlier demo runs in --workdir first (default: resume them)")
@@ -95,8 +95,9 @@ def main(args: argparse.Namespace) -> int:
   _stage("2/5 building the vocabulary")
   vocab_path = workdir / "vocab" / "spiece.model"
   if not vocab_path.exists():
-    vocab_build.build_vocabulary(demo.vocabulary_text(data_dir), vocab_size=VOCAB_PIECES,
-                                 out=vocab_path)
+    vocab_build.build_vocabulary(
+        demo.vocabulary_text(data_dir), vocab_size=VOCAB_PIECES, out=vocab_path,
+        required_text=[n for names in demo.LABEL_NAMES.values() for n in names])
   print(f"  {vocab_path}: {VOCAB_PIECES} pieces + 100 sentinel ids")
 
   from tasks import pretraining
@@ -153,15 +154,9 @@ def results_table(scores: Mapping[str, float], baselines: Mapping[str, float]) -
 
 
 def _write_report(model_dir: Path, out: Path) -> None:
-  try:
-    from trainer import report
-  except ModuleNotFoundError:
-    return
-  try:
-    report.write_report([model_dir], out=out)
-    print(f"  report (tables and plots): {out}")
-  except (AttributeError, TypeError) as e:  # report API still settling
-    print(f"  (report skipped: {e})", file=sys.stderr)
+  from trainer import report
+  report.write_report([model_dir], out_dir=out)
+  print(f"  report (tables and plots): {out}")
 
 
 GLUE_COMMANDS = """
