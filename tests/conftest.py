@@ -1,6 +1,7 @@
 """Suite-wide settings: 4 fake CPU devices for sharding tests, quiet TF, the shared data."""
 
 import os
+import tempfile
 from pathlib import Path
 
 # Must be set before jax is imported anywhere.
@@ -8,6 +9,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One compilation cache for the session, shared with the subprocesses tests start (the
+# same tiny models compile once); fresh each run so no test depends on an earlier one.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      tempfile.mkdtemp(prefix="recast-tests-jax-cache-"))
 
 import pytest  # noqa: E402
 

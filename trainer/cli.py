@@ -30,9 +30,13 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def _quiet_libraries() -> None:
+def _configure_runtime() -> None:
+  """Before JAX/TF load: quiet logs, no usage stats, and JAX's persistent compilation cache
+  (runs of the same shapes, e.g. sweep trials and fusion contributors, compile once)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+  cache = os.environ.get("RECAST_CACHE_DIR") or os.path.expanduser("~/.cache/recast")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(cache, "jax"))
 
 
 def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:
@@ -63,7 +67,7 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  _quiet_libraries()
+  _configure_runtime()
   from trainer import errors, gin_config
   argv = list(sys.argv[1:] if argv is None else argv)
   try:

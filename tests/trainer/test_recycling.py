@@ -48,7 +48,10 @@ def test_report_files(tmp_path):
   assert json.loads((tmp_path / "eval_base.json").read_text())["average"]["seen"]["gain"] == 2.0
 
 
-def test_run_score_and_task_set(tmp_path):
+def test_run_score_and_task_set(tmp_path, monkeypatch):
+  import gin
+  gin.clear_config(clear_constants=False)  # Tasks read TFDS metadata here: no data dir.
+  monkeypatch.delenv("RECAST_DATA_DIR", raising=False)
   writer = metrics_writer.MetricsWriter(tmp_path, tensorboard=False)
   writer.write(4, "train", "", {"loss": 2.0})
   writer.write(4, "validation", "glue_mrpc", {"accuracy": 70.0, "f1": 60.0, "loss": 1.5,
