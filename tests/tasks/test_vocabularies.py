@@ -78,6 +78,22 @@ def test_build_vocabulary_with_t5_conventions(tmp_path):
     vocab_build.build_vocabulary([], vocab_size=60, out=tmp_path / "empty.model")
 
 
+def test_required_text_is_spelt_even_with_rare_characters(tmp_path):
+  """Label names such as "not_entailment" must encode without unknown pieces, though "_"
+  is too rare in the text for the character coverage to keep it."""
+  lines = [f"the {w} sat on the mat number {i}" for i in range(300)
+           for w in ("cat", "dog", "bird")]
+  path = vocab_build.build_vocabulary(lines, vocab_size=40, out=tmp_path / "m.model",
+                                      required_text=["not_entailment", "entailment"])
+  model = spm.SentencePieceProcessor(model_file=str(path))
+  assert model.unk_id() not in model.encode("not_entailment")
+  assert model.decode(model.encode("not_entailment")) == "not_entailment"
+  unguarded = vocab_build.build_vocabulary(lines + ["not_entailment"], vocab_size=40,
+                                           out=tmp_path / "plain.model")
+  plain = spm.SentencePieceProcessor(model_file=str(unguarded))
+  assert plain.unk_id() in plain.encode("not_entailment")  # what the guard prevents
+
+
 def test_vocab_build_command_on_task_text(tmp_path, capsys):
   folder = tmp_path / "glue" / "cola"
   folder.mkdir(parents=True)
@@ -88,6 +104,10 @@ def test_vocab_build_command_on_task_text(tmp_path, capsys):
   assert cli.main(["vocab", "build", "--task", "glue_cola", "--vocab_size", "40",
                    "--out", str(out), f"--gin.DATA_DIR={tmp_path}"]) == 0
   assert "40 pieces + 100 extra ids = 140" in capsys.readouterr().out
-  assert spm.SentencePieceProcessor(model_file=str(out)).get_piece_size() == 40
+  model = spm.SentencePieceProcessor(model_file=str(out))
+  assert model.get_piece_size() == 40
+  for label in ("acceptable", "unacceptable"):  # never in the text, still spelt
+    assert model.unk_id() not in model.encode(label) and \
+        model.decode(model.encode(label)) == label
   assert cli.main(["vocab", "build", "--vocab_size", "40", "--out", str(out)]) == 2
   assert "give at least one --task or --text_file" in capsys.readouterr().err
