@@ -78,3 +78,80 @@ def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, in
           "achieved_tflop_per_s": achieved / 1e12,
           "peak_tflop_per_s": peak / 1e12 if peak else None,
           "mfu": achieved / (peak * jax.device_count()) if peak else None}
+
+
+def main(argv=None) -> int:
+  """`python -m benchmarks.gpu`: the GPU sections alone (MFU over batch sizes, then recast
+  against Hugging Face on the GPU), with no input pipeline, so no TensorFlow or seqio: it
+  runs on an accelerator image that has only jax/flax/optax/torch/transformers (+gin)."""
+  import argparse
+  import json
+  import os
+  import sys
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=main.__doc__)
+  parser.add_argument("--batch_sizes", default="32,64,128",
+                      help="T5.1.1-base 512/114 batch sizes for MFU (the first also gives "
+                      "the cold time to first step)")
+  parser.add_argument("--step_batch", type=int, default=32,
+                      help="batch of the recast vs Hugging Face comparison; 0 skips it")
+  parser.add_argument("--repetitions", type=int, default=10)
+  parser.add_argument("--no_torch_compile", action="store_true")
+  parser.add_argument("--out", default=None, help="JSON path for every number")
+  args = parser.parse_args(argv)
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  from benchmarks import train_step
+  reason = gpu_skip_reason()
+  if reason:
+    print(f"gpu: skipped ({reason})")
+    return 0
+  import jax
+  results: dict[str, Any] = {"jax": jax.__version__, "devices": [d.device_kind for d in
+                                                                  jax.devices()],
+                             "xla_flags": os.environ.get("XLA_FLAGS", ""), "mfu": []}
+
+  def save():
+    if args.out:
+      from trainer import atomic_files
+      atomic_files.write_json(args.out, results)
+
+  rows = []
+  for batch_size in (int(b) for b in args.batch_sizes.split(",") if b):
+    try:
+      r = mfu(config=T5_1_1_BASE, task_feature_lengths=T5_LENGTHS, batch_size=batch_size,
+              repetitions=args.repetitions)
+    except Exception as e:  # noqa: BLE001  (out of memory at a large batch is a result)
+      r = {"batch_size": batch_size, "skipped": f"{type(e).__name__}: {str(e)[:200]}"}
+    results["mfu"].append(r)
+    save()
+    if "skipped" in r:
+      print(f"batch {batch_size}: skipped ({r['skipped']})", flush=True)
+      continue
+    rows.append(r)
+    print(f"T5.1.1-base bf16 batch {batch_size} x 512/114: {r['examples_per_s']:.1f} ex/s, "
+          f"{r['step_seconds']['median_s'] * 1e3:.1f} ms/step, "
+          f"{r['achieved_tflop_per_s']:.1f} TFLOP/s, MFU "
+          f"{'-' if r['mfu'] is None else format(r['mfu'], '.1%')}, first step "
+          f"{r['time_to_first_step_s']:.1f}s", flush=True)
+  if args.step_batch:
+    results["train_step"] = train_step.compare_train_step(
+        config=T5_1_1_BASE, batch_size=args.step_batch, task_feature_lengths=T5_LENGTHS,
+        repetitions=args.repetitions, device="cuda",
+        torch_compile=not args.no_torch_compile)
+    save()
+    for name, s in results["train_step"]["systems"].items():
+      if "skipped" in s:
+        print(f"{name}: skipped ({s['skipped']})")
+      else:
+        print(f"{name}: {s['median_s'] * 1e3:.1f} ms/step, {s['encoder_tokens_per_s']:.0f} "
+              f"enc tok/s, {s['decoder_tokens_per_s']:.0f} dec tok/s, "
+              f"{s['model_tflop_per_s']:.1f} TFLOP/s, first step {s['first_step_s']:.1f}s")
+    for other in ("hf_eager", "hf_compile"):
+      ratio = results["train_step"].get(f"ratio_vs_{other}")
+      if ratio:
+        print(f"recast / {other}: {ratio:.2f}x")
+  print(json.dumps({"best_mfu": max((r["mfu"] or 0 for r in rows), default=None)}))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
