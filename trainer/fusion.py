@@ -47,7 +47,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from trainer import (atomic_files, checkpoints, errors, gin_config, metrics_writer,
-                     run_checkpoints)
+                     run_checkpoints, sweep)
 from trainer.network import T5Config
 
 RULES = ("mean", "examples")
@@ -357,10 +357,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, parallel: str,
       job.on_done()
     return
   import ray
-  if not ray.is_initialized():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
-             **({} if ray_address else {"_node_ip_address": "127.0.0.1"}))
+  sweep.connect_ray(address=ray_address, log_to_driver=False)
   gpus = ray.cluster_resources().get("GPU", 0)
   remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_ray_job)
   pending = {}

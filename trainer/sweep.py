@@ -595,18 +595,33 @@ def _check_experiment_dir(spec: SweepSpec, trials: Sequence[Trial], *, resume: b
         "same gin files, bindings and grid; start a new sweep under another name instead")
 
 
+def connect_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None,
+                num_gpus: Optional[float] = None, log_to_driver: bool = True) -> None:
+  """Joins the Ray at `address` ("auto", "ray://...", "host:port"), or starts a local one;
+  does nothing when this process is already connected (a test's or a notebook's Ray).
+
+  A local Ray starts with no dashboard, sends no usage statistics, and keeps Ray's token
+  authentication on (its default for new local clusters; an explicit RAY_AUTH_MODE is
+  respected). Ray's core services still bind every interface and advertise the machine's
+  address: Ray has no switch for that (it turns a 127.0.0.1 node address back into the
+  machine's own), so see docs/sweeps.md.
+  """
+  import ray
+  if ray.is_initialized():
+    return
+  os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+  if address:
+    ray.init(address=address, log_to_driver=log_to_driver)
+  else:
+    ray.init(include_dashboard=False, dashboard_host="127.0.0.1", num_cpus=num_cpus,
+             num_gpus=num_gpus, log_to_driver=log_to_driver)
+
+
 def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
           num_cpus: Optional[int], num_gpus: Optional[float], verbose: int) -> list[str]:
   """Runs `trials` as one Tune experiment; returns the names of those that failed."""
-  import ray
   from ray import tune
-  if not ray.is_initialized():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-      ray.init(address=address)
-    else:  # Dashboard off; Ray's own services use its token authentication.
-      ray.init(include_dashboard=False, dashboard_host="127.0.0.1", num_cpus=num_cpus,
-               num_gpus=num_gpus)
+  connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
   tune_dir = spec.experiment_dir / "tune"
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
   run = {"env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd}

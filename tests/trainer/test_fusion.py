@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import atomic_files, checkpoints, cli, fusion, metrics_writer, network
+from trainer import atomic_files, checkpoints, cli, fusion, metrics_writer, network, sweep
 
 CONFIG = network.T5Config(vocab_size=128, d_model=32, num_heads=2, d_kv=8, d_ff=48,
                           num_encoder_layers=1, num_decoder_layers=2)
@@ -333,8 +333,15 @@ def test_jobs_run_one_per_gpu_through_ray(tmp_path, monkeypatch):
   own CUDA_VISIBLE_DEVICES, and the driver's callbacks run for every job."""
   ray = pytest.importorskip("ray")
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # conftest hides real GPUs
-  ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+  monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+  sweep.connect_ray(num_cpus=2, num_gpus=2, log_to_driver=False)
   try:
+    # The local Ray recast starts: token authentication on, no dashboard listening.
+    assert os.environ.get("RAY_AUTH_MODE") == "token"
+    import psutil
+    listening = {c.laddr.port for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert 8265 not in listening  # Ray's dashboard port
     calls = []
     jobs = [fusion.TrainJob(
         [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"],
