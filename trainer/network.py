@@ -84,6 +84,38 @@ def _param(module: nn.Module, name: str, init, shape, axes):
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+@jax.custom_vjp
+def _matmul_with_plain_vjp(x: Array, w: Array) -> Array:
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(residuals, g):
+  x, w = residuals
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  return (g @ w.T).astype(x.dtype), (x2.T @ g2).astype(w.dtype)
+
+
+_matmul_with_plain_vjp.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dense(x: Array, w: Array) -> Array:
+  """x [..., n] @ w [n, m], the same numbers as `x @ w` and the same gradients.
+
+  On XLA:CPU the gradient comes from a hand-written VJP: left to autodiff, XLA:CPU fuses
+  the elementwise backward of whatever follows (GELU, gating) into a transposed copy of the
+  [tokens, m] gradient that feeds the weight gradient; that copy was a fifth of the train
+  step (benchmarks/, BENCHMARKS.md section 1), and the VJP boundary halves the feed-forward
+  block's forward + backward time. Other backends use plain autodiff.
+  """
+  if jax.default_backend() == "cpu":
+    return _matmul_with_plain_vjp(x, w)
+  return x @ w
+
+
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
                              num_buckets: int, max_distance: int) -> Array:
   """Maps relative positions (key - query) to T5's log-spaced buckets.
@@ -156,7 +188,8 @@ class Attention(nn.Module):
     cfg = self.config
     kernel = _param(self, name, nn.initializers.normal(init_std),
                     (x.shape[-1], cfg.num_heads, cfg.d_kv), ("embed", "heads", "kv"))
-    return jnp.einsum("bld,dhk->blhk", x, kernel.astype(x.dtype))
+    heads_and_kv = dense(x, kernel.astype(x.dtype).reshape(x.shape[-1], -1))
+    return heads_and_kv.reshape(*x.shape[:-1], cfg.num_heads, cfg.d_kv)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
@@ -176,7 +209,7 @@ class Attention(nn.Module):
     out = jnp.einsum("bhqt,bthk->bqhk", weights, value)
     out_kernel = _param(self, "out", nn.initializers.normal((cfg.num_heads * cfg.d_kv) ** -0.5),
                         (cfg.num_heads, cfg.d_kv, d), ("heads", "kv", "embed"))
-    return jnp.einsum("bqhk,hkd->bqd", out, out_kernel.astype(dtype))
+    return dense(out.reshape(*out.shape[:-2], -1), out_kernel.astype(dtype).reshape(-1, d))
 
   def _update_cache(self, key: Array, value: Array):
     initialized = self.has_variable("cache", "cached_key")
@@ -208,15 +241,15 @@ class FeedForward(nn.Module):
     if cfg.feed_forward == "gated-gelu":
       wi_0 = _param(self, "wi_0", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
       wi_1 = _param(self, "wi_1", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
-      h = nn.gelu(x @ wi_0.astype(dtype), approximate=True) * (x @ wi_1.astype(dtype))
+      h = nn.gelu(dense(x, wi_0.astype(dtype)), approximate=True) * dense(x, wi_1.astype(dtype))
     else:
       wi = _param(self, "wi", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
-      h = nn.relu(x @ wi.astype(dtype))
+      h = nn.relu(dense(x, wi.astype(dtype)))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
     wo = _param(self, "wo", nn.initializers.normal(cfg.d_ff ** -0.5), (cfg.d_ff, d),
                 ("mlp", "embed"))
-    return h @ wo.astype(dtype)
+    return dense(h, wo.astype(dtype))
 
 
 class EncoderLayer(nn.Module):
@@ -332,7 +365,7 @@ class Decoder(nn.Module):
     else:
       kernel = _param(self, "logits_dense", nn.initializers.normal(cfg.d_model ** -0.5),
                       (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
-      logits = x @ kernel.astype(x.dtype)
+      logits = dense(x, kernel.astype(x.dtype))
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
   def _decode_biases(self, relpos, encoder_mask, length):
@@ -372,7 +405,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0)
 
   def attend(self, x: Array) -> Array:
-    return jnp.einsum("bld,vd->blv", x, self.embedding.astype(x.dtype))
+    return dense(x, self.embedding.astype(x.dtype).T)
 
 
 class Transformer(nn.Module):
