@@ -69,13 +69,13 @@ def _sum_counts(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int]:
 
 
 def packed_batches(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                   batch_size: int, num_batches: int, seed: int = 0
-                   ) -> list[dict[str, np.ndarray]]:
+                   batch_size: int, num_batches: int, seed: int = 0,
+                   packer: str = "first_fit") -> list[dict[str, np.ndarray]]:
   """The first `num_batches` batches `recast train` would see (trainer.train.train_dataset,
-  packed, shuffled)."""
+  packed by `packer`, shuffled)."""
   ds = train_lib.train_dataset(mixture_or_task_name=mixture_or_task_name,
                                task_feature_lengths=task_feature_lengths,
-                               batch_size=batch_size, seed=seed, pack=True)
+                               batch_size=batch_size, seed=seed, pack=True, packer=packer)
   return list(ds.take(num_batches).as_numpy_iterator())
 
 
@@ -110,11 +110,14 @@ def packing_efficiency(*, mixture_or_task_name: str, task_feature_lengths: Mappi
   batches of `padded_batch_size` examples padded to the longest, `num_batches` of each.
 
   Returns {"packed": {inputs_non_padding, targets_non_padding, non_padding,
-  examples_per_row}, "padded_to_longest": {the same}, and the setup}.
+  examples_per_row} (recast's first-fit packer), "seqio_packed" (seqio's packer, T5X's),
+  "padded_to_longest": {the same}, and the setup}.
   """
-  packed = packed_batches(mixture_or_task_name=mixture_or_task_name,
-                          task_feature_lengths=task_feature_lengths, batch_size=batch_size,
-                          num_batches=num_batches, seed=seed)
+  packed, seqio_packed = (
+      packed_batches(mixture_or_task_name=mixture_or_task_name,
+                     task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+                     num_batches=num_batches, seed=seed, packer=packer)
+      for packer in ("first_fit", "seqio"))
   padded = padded_batches(mixture_or_task_name=mixture_or_task_name,
                           task_feature_lengths=task_feature_lengths,
                           batch_size=padded_batch_size, num_batches=num_batches, seed=seed)
@@ -122,6 +125,7 @@ def packing_efficiency(*, mixture_or_task_name: str, task_feature_lengths: Mappi
           "task_feature_lengths": dict(task_feature_lengths), "rows_per_batch": batch_size,
           "padded_batch_size": padded_batch_size, "num_batches": num_batches,
           "packed": _fractions(_sum_counts(packed), batch_size * len(packed)),
+          "seqio_packed": _fractions(_sum_counts(seqio_packed), batch_size * len(seqio_packed)),
           "padded_to_longest": _fractions(_sum_counts(padded),
                                           padded_batch_size * len(padded))}
 

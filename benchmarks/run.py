@@ -191,11 +191,12 @@ def print_packing(results: list) -> None:
   rows = [[r["mixture_or_task_name"], _lengths(r["task_feature_lengths"]),
            r["packed"]["examples_per_row"], r["packed"]["inputs_non_padding"],
            r["packed"]["targets_non_padding"], r["packed"]["non_padding"],
-           r["padded_to_longest"]["non_padding"]] for r in results]
+           r["seqio_packed"]["non_padding"], r["padded_to_longest"]["non_padding"]]
+          for r in results]
   print("\npacking (non-padding fraction of token slots; padded: HF batches of "
         f"{results[0]['padded_batch_size']} padded to the longest):")
   print(table(["mixture/task", "lengths", "ex/row", "inputs", "targets", "packed",
-               "padded"], rows))
+               "seqio packer", "padded"], rows))
 
 
 def print_gpu(result: dict) -> None:

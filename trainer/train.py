@@ -78,7 +78,7 @@ def output_vocabulary(mixture_or_task):
 def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                   batch_size: int, split: str = "train", shuffle: bool = True, seed: int = 0,
                   use_cached: bool = False, pack: bool = True, shard_index: int = 0,
-                  num_shards: int = 1, start_batch: int = 0):
+                  num_shards: int = 1, start_batch: int = 0, packer: str = "first_fit"):
   """This process's endless stream of training batches, as a tf.data.Dataset.
 
   Args:
@@ -86,17 +86,28 @@ def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[st
     shard_index, num_shards: this process's shard of the examples (seqio.ShardInfo).
     start_batch: batches already consumed (a checkpoint's `data_position`); skipped, so a
       resumed run sees exactly the batches a run without interruption would.
+    packer: "first_fit" (`tasks.packing`: several open rows, less padding) or "seqio"
+      (`seqio.utils.trim_and_pack_dataset`, T5X's packing). Same features either way.
   Returns:
     Batches of seqio.EncDecFeatureConverter's features, int32 [batch_size, length]:
     encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights
     and, packed, encoder/decoder_segment_ids and _positions. Deterministic for a seed.
   """
   import seqio
+
+  from tasks import packing
+  if packer == "first_fit":
+    converter = packing.FirstFitEncDecFeatureConverter(pack=pack)
+  elif packer == "seqio":
+    converter = seqio.EncDecFeatureConverter(pack=pack)
+  else:
+    raise errors.UserError(f"packer={packer!r} is not a packer; use 'first_fit' (recast's, "
+                           "less padding) or 'seqio' (T5X's)")
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
       dataset_split=split, use_cached=use_cached, shuffle=shuffle, num_epochs=None,
       seed=seed, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-      feature_converter=seqio.EncDecFeatureConverter(pack=pack), verbose=False)
+      feature_converter=converter, verbose=False)
   ds = ds.batch(batch_size, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
@@ -247,7 +258,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           initial_checkpoint_path: Optional[str] = None, checkpoint_period: int = 1000,
           keep_checkpoints: Optional[int] = None, eval_period: int = 0,
           stats_period: int = 100, seed: int = 0, shuffle: bool = True, pack: bool = True,
-          use_cached: bool = False, split: str = "train", num_microbatches: int = 1,
+          packer: str = "first_fit", use_cached: bool = False, split: str = "train",
+          num_microbatches: int = 1,
           z_loss: float = 1e-4, label_smoothing: float = 0.0,
           loss_normalizing_factor: Any = "NUM_REAL_TARGET_TOKENS",
           max_truncated_fraction: float = 0.1, config: Optional[T5Config] = None,
@@ -269,6 +281,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     stats_period: a log line and train metrics every N steps.
     seed: data order, parameter initialisation and dropout.
     shuffle, pack, use_cached, split: how seqio reads the training examples.
+    packer: "first_fit" (recast's: 8 open rows, less padding) or "seqio" (T5X's).
     num_microbatches, z_loss, label_smoothing, loss_normalizing_factor: the train step's
       (see trainer.train_state.make_train_step).
     max_truncated_fraction: more examples than this cut by task_feature_lengths is an
@@ -344,7 +357,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
       use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
-      num_shards=layout.num_shards, start_batch=data_position).as_numpy_iterator()
+      num_shards=layout.num_shards, start_batch=data_position,
+      packer=packer).as_numpy_iterator()
   evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
                               mixture_or_task_name=(eval_mixture_or_task_name
                                                     or mixture_or_task_name),

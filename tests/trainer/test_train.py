@@ -122,6 +122,21 @@ def test_process_shards_split_the_examples(toy_task):
   assert rows(halves[0]["encoder_input_tokens"]) != rows(halves[1]["encoder_input_tokens"])
 
 
+def test_first_fit_packer_holds_more_examples_than_seqios(toy_task):
+  """The default packer (tasks.packing) and seqio's give the same features; first fit puts
+  more of the same examples into the same rows. An unknown packer is a named error."""
+  from trainer import errors, train
+  kwargs = dict(mixture_or_task_name=toy_task, batch_size=8, shuffle=False,
+                task_feature_lengths={"inputs": 2048, "targets": 64})
+  ours, theirs = (_batches(4, **kwargs, packer=p) for p in ("first_fit", "seqio"))
+  assert set(ours[0]) == set(theirs[0])
+  assert all(a[k].shape == b[k].shape for a, b in zip(ours, theirs) for k in a)
+  count = lambda batches: sum(train.batch_counts(b)[0] for b in batches)
+  assert count(ours) > count(theirs)
+  with pytest.raises(errors.UserError, match="packer='best' is not a packer; use 'first_fit'"):
+    train.train_dataset(**kwargs, packer="best")
+
+
 def test_batch_counts_counts_packed_examples_and_tokens():
   from trainer import train
   batch = {"encoder_input_tokens": np.array([[5, 6, 1, 7, 1, 0], [4, 1, 0, 0, 0, 0]]),
