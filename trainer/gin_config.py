@@ -7,7 +7,7 @@ everywhere and the model directory always gets `config.gin` and `operative_confi
 from __future__ import annotations
 
 import argparse
-import importlib.util  # noqa: F401  (gin 0.5.0 needs it loaded for relative includes)
+import importlib.util  # gin 0.5.0 needs it loaded for relative includes
 import os
 import re
 from pathlib import Path
@@ -23,6 +23,39 @@ _BINDING_FLAG = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
 
 class GinConfigError(errors.UserError):
   """A gin file or binding that cannot be used; the message says what to change."""
+
+
+def _python_package_file_exists(config_path: str) -> bool:
+  """gin's check for includes inside Python packages ('pkg/sub/file.gin'), made safe.
+
+  gin 0.5.0's own check (`gin.resource_reader.system_path_file_exists`) crashes with a
+  TypeError when the include's folder resolves to a namespace package, which any folder of
+  that name in the working directory does: after `recast demo` has written `runs/`, every
+  `include 'runs/finetune.gin'` failed. It also logs every miss as an error. This one
+  answers False for both and keeps what the check is for (files inside real packages).
+  """
+  head, filename = os.path.split(config_path)
+  if not head:
+    return False
+  try:
+    spec = importlib.util.find_spec(head.replace("/", "."))
+  except (ImportError, ValueError):
+    return False
+  if spec is None or not spec.origin or not spec.has_location:
+    return False
+  return os.path.isfile(os.path.join(os.path.dirname(spec.origin), filename))
+
+
+def _install_safe_package_reader() -> None:
+  from gin import config as gin_config_module
+  from gin import resource_reader
+  readers = gin_config_module._FILE_READERS  # noqa: SLF001  (no public way to replace one)
+  for i, (reader, exists) in enumerate(readers):
+    if exists is resource_reader.system_path_file_exists:
+      readers[i] = (reader, _python_package_file_exists)
+
+
+_install_safe_package_reader()
 
 
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
