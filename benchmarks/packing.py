@@ -31,7 +31,7 @@ def register_glue4_mixture() -> str:
   lengths range from 2-word CoLA sentences to 300-token RTE pairs."""
   import seqio
   from mixtures import rates
-  train_lib._register_tasks()  # pylint: disable=protected-access
+  train_lib.register_tasks()
   if GLUE4_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(GLUE4_MIXTURE, list(GLUE4),
                               default_rate=rates.examples_proportional())

@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
   workdir = Path(args.workdir).resolve()
   if args.fresh and workdir.exists():
     shutil.rmtree(workdir)
-  train._register_tasks()
+  train.register_tasks()
 
   _stage("1/5 generating the demo tasks")
   data_dir = workdir / "data"

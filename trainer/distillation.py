@@ -287,7 +287,7 @@ def transfer_inputs(transfer_data: str, *, split: str, vocabulary: Any,
   """
   import seqio
   from tasks import pretraining, vocabularies
-  train_lib._register_tasks()  # pylint: disable=protected-access
+  train_lib.register_tasks()
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if transfer_data in known:
     task = seqio.get_mixture_or_task(transfer_data)
@@ -498,7 +498,7 @@ def main(args: argparse.Namespace) -> int:
   --gin.TEACHER_CHECKPOINT_PATH=... --gin.MODEL_DIR=...`: `recast train` that insists on
   runs/distill.gin (which `recast train` and `recast sweep` can use as well)."""
   run_files = ", ".join(args.gin_file) or "no gin files"
-  train_lib._register_tasks()  # pylint: disable=protected-access
+  train_lib.register_tasks()
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   if gin_config.macro_value("TEACHER_CHECKPOINT_PATH", None) is None:

@@ -392,7 +392,7 @@ def main(args: argparse.Namespace) -> int:
   """`recast eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=... ...`."""
   from trainer import train
   gin_files = args.gin_file or ["runs/eval.gin"]
-  train._register_tasks()  # their configurables must exist before gin is parsed
+  train.register_tasks()  # their configurables must exist before gin is parsed
   gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
   evaluate_checkpoints()

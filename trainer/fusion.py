@@ -736,7 +736,7 @@ def main(args: argparse.Namespace) -> int:
         "recast fuse needs gin files: a model and the experiment, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion.gin")
   from trainer import train as train_lib
-  train_lib._register_tasks()
+  train_lib.register_tasks()
   # Not finalized: MODEL_DIR and MIXTURE_OR_TASK_NAME are set per contributor run.
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)

@@ -205,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
   """`recast infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=... ...`."""
   from trainer import train
   gin_files = args.gin_file or ["runs/infer.gin"]
-  train._register_tasks()
+  train.register_tasks()
   gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
   infer()

@@ -237,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
         "recast eval-base needs gin files: a model and the recipe, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion/eval_base.gin")
   from trainer import train as train_lib
-  train_lib._register_tasks()
+  train_lib.register_tasks()
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   evaluate_base(launcher=fusion.TrainLauncher(

@@ -207,7 +207,7 @@ def read_runs(model_dirs: Sequence[str | os.PathLike]) -> dict[str, list[dict]]:
 # Plots
 
 
-def _save_png(figure, path: Path) -> None:
+def save_png(figure, path: Path) -> None:
   """Saves a matplotlib figure atomically (temporary file, then rename)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
@@ -246,7 +246,7 @@ def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLik
         axis.plot(*zip(*points), marker=".", label=name)
     axis.set(xlabel="step", ylabel="training loss", title="training loss")
     axis.legend(fontsize="small")
-    _save_png(figure, plots / "train_loss.png")
+    save_png(figure, plots / "train_loss.png")
     plt.close(figure)
     written.append(plots / "train_loss.png")
   series = {name: eval_series(rows, split=split) for name, rows in runs.items()}
@@ -263,7 +263,7 @@ def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLik
       axis.legend(fontsize="small")
     figure.tight_layout()
     path = plots / f"eval_{_safe_name(task)}.png"
-    _save_png(figure, path)
+    save_png(figure, path)
     plt.close(figure)
     written.append(path)
   return written

@@ -348,7 +348,7 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   import gin
   from trainer import train
   from tasks import task_files
-  train._register_tasks()
+  train.register_tasks()
   for path in spec.tasks_files:
     task_files.register_task_file(path)
   known_macros: dict[tuple, set] = {}
@@ -889,7 +889,7 @@ def _plot(trials: Sequence[Trial], group_rows: Sequence[Mapping[str, Any]],
     axis.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=7)
     axis.set(ylabel=f"{key} (final; mean, std over seeds)", title=key)
     name = re.sub(r"[^\w.-]+", "_", key)
-    report._save_png(figure, results / "plots" / f"groups_{name}.png")
+    report.save_png(figure, results / "plots" / f"groups_{name}.png")
     plt.close(figure)
 
 

@@ -40,7 +40,7 @@ class TrainingError(errors.UserError):
 def get_mixture_or_task(name: str):
   """The registered seqio Task or Mixture `name`; unknown names get close matches."""
   import seqio
-  _register_tasks()
+  register_tasks()
   from tasks import pretraining
   pretraining.ensure_pretraining_task(name)  # `<task>_<objective>` exists once asked for
   try:
@@ -56,7 +56,7 @@ def get_mixture_or_task(name: str):
       "registers more)")
 
 
-def _register_tasks() -> None:
+def register_tasks() -> None:
   """Imports the packages whose import registers recast's tasks and mixtures."""
   import importlib
   for package in ("tasks", "mixtures"):
@@ -499,7 +499,7 @@ def main(args: argparse.Namespace) -> int:
     raise gin_config.GinConfigError(
         "recast train needs gin files: a model and a run file, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
-  _register_tasks()  # Their configurables must exist before gin is parsed and locked.
+  register_tasks()  # Their configurables must exist before gin is parsed and locked.
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))

@@ -37,7 +37,7 @@ def multitask_run(shared_data, tmp_path_factory):
   import io
   import os
   from tasks import vocab_build
-  train._register_tasks()
+  train.register_tasks()
   root = tmp_path_factory.mktemp("multitask")
   os.environ["RECAST_DATA_DIR"] = str(shared_data)
   try:
@@ -134,7 +134,7 @@ def _resolve(value):
      ["TASK='glue_rte'", "INITIAL_CHECKPOINT_PATH='/runs/loo'"], "glue_rte"),
 ])
 def test_experiment_stages_resolve(stage_file, bindings, expected):
-  train._register_tasks()
+  train.register_tasks()
   gin_config.parse_gin(["models/t5_1_1/tiny.gin", stage_file],
                        ["MODEL_DIR='/runs/x'", *bindings])
   gin_config.require_macros(["MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
@@ -149,7 +149,7 @@ def test_experiment_stages_resolve(stage_file, bindings, expected):
 
 
 def test_finetune_stages_require_their_checkpoint():
-  train._register_tasks()
+  train.register_tasks()
   gin_config.parse_gin(["models/t5_1_1/tiny.gin", "experiments/mtdnn/finetune.gin"],
                        ["MODEL_DIR='/runs/x'", "TASK='glue_rte'"], finalize=False)
   with pytest.raises(gin_config.GinConfigError, match="INITIAL_CHECKPOINT_PATH"):
