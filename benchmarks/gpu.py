@@ -87,7 +87,6 @@ def main(argv=None) -> int:
   import argparse
   import json
   import os
-  import sys
   parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=main.__doc__)
   parser.add_argument("--batch_sizes", default="32,64,128",
                       help="T5.1.1-base 512/114 batch sizes for MFU (the first also gives "
@@ -98,8 +97,7 @@ def main(argv=None) -> int:
   parser.add_argument("--no_torch_compile", action="store_true")
   parser.add_argument("--out", default=None, help="JSON path for every number")
   args = parser.parse_args(argv)
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from benchmarks import train_step
+  from benchmarks import run, train_step  # run first: its import sets JAX's GPU allocator
   reason = gpu_skip_reason()
   if reason:
     print(f"gpu: skipped ({reason})")
@@ -114,42 +112,25 @@ def main(argv=None) -> int:
       from trainer import atomic_files
       atomic_files.write_json(args.out, results)
 
-  rows = []
   for batch_size in (int(b) for b in args.batch_sizes.split(",") if b):
     try:
       r = mfu(config=T5_1_1_BASE, task_feature_lengths=T5_LENGTHS, batch_size=batch_size,
               repetitions=args.repetitions)
     except Exception as e:  # noqa: BLE001  (out of memory at a large batch is a result)
-      r = {"batch_size": batch_size, "skipped": f"{type(e).__name__}: {str(e)[:200]}"}
+      r = {"batch_size": batch_size,
+           "skipped": f"batch {batch_size}: {type(e).__name__}: {str(e)[:200]}"}
     results["mfu"].append(r)
     save()
-    if "skipped" in r:
-      print(f"batch {batch_size}: skipped ({r['skipped']})", flush=True)
-      continue
-    rows.append(r)
-    print(f"T5.1.1-base bf16 batch {batch_size} x 512/114: {r['examples_per_s']:.1f} ex/s, "
-          f"{r['step_seconds']['median_s'] * 1e3:.1f} ms/step, "
-          f"{r['achieved_tflop_per_s']:.1f} TFLOP/s, MFU "
-          f"{'-' if r['mfu'] is None else format(r['mfu'], '.1%')}, first step "
-          f"{r['time_to_first_step_s']:.1f}s", flush=True)
+    run.print_gpu(r)
   if args.step_batch:
     results["train_step"] = train_step.compare_train_step(
         config=T5_1_1_BASE, batch_size=args.step_batch, task_feature_lengths=T5_LENGTHS,
         repetitions=args.repetitions, device="cuda",
         torch_compile=not args.no_torch_compile)
     save()
-    for name, s in results["train_step"]["systems"].items():
-      if "skipped" in s:
-        print(f"{name}: skipped ({s['skipped']})")
-      else:
-        print(f"{name}: {s['median_s'] * 1e3:.1f} ms/step, {s['encoder_tokens_per_s']:.0f} "
-              f"enc tok/s, {s['decoder_tokens_per_s']:.0f} dec tok/s, "
-              f"{s['model_tflop_per_s']:.1f} TFLOP/s, first step {s['first_step_s']:.1f}s")
-    for other in ("hf_eager", "hf_compile"):
-      ratio = results["train_step"].get(f"ratio_vs_{other}")
-      if ratio:
-        print(f"recast / {other}: {ratio:.2f}x")
-  print(json.dumps({"best_mfu": max((r["mfu"] or 0 for r in rows), default=None)}))
+    run.print_train_step(results["train_step"])
+  measured = [r["mfu"] or 0 for r in results["mfu"] if "skipped" not in r]
+  print(json.dumps({"best_mfu": max(measured, default=None)}))
   return 0
 
 

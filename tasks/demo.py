@@ -128,7 +128,7 @@ def write_demo_data(data_dir: str | Path, *, seed: int = 0) -> Path:
 
 def vocabulary_text(data_dir: str | Path) -> list[str]:
   """The demo train splits' text (inputs and arithmetic answers), for the demo vocabulary;
-  pass `LABEL_NAMES` as the vocabulary's required text."""
+  the label names come in as its required text (`vocab_build.label_names`)."""
   lines = []
   for name in GENERATORS:
     with open(Path(data_dir) / "demo" / name / "train.jsonl", encoding="utf-8") as f:

@@ -11,7 +11,8 @@ from 0, zeros as padding), so `seqio.EncDecFeatureConverter` turns it into model
 unchanged. It is a `tf.data` scan: deterministic, in graph, and the stream's order decides
 the rows, so a resumed run that skips N batches sees the batches an uninterrupted run saw.
 
-`FirstFitEncDecFeatureConverter` is seqio's encoder-decoder converter with this packer.
+`FirstFitEncDecFeatureConverter` is seqio's encoder-decoder converter with this packer;
+`feature_converter("first_fit" | "seqio")` picks the training converter by name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Mapping
 
 import seqio
 import tensorflow as tf
+
+from trainer import errors
 
 DEFAULT_OPEN_ROWS = 8
 
@@ -47,7 +50,6 @@ def first_fit_pack(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], *,
                      f"{sorted(ds.element_spec)}")
   keys = sorted(feature_lengths)
   lengths = {k: int(feature_lengths[k]) for k in keys}
-  rows = open_rows
 
   def trim(ex):
     return {k: tf.cast(ex[k][:lengths[k]], tf.int32) for k in keys}, tf.constant(False)
@@ -55,59 +57,50 @@ def first_fit_pack(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], *,
   def flush_marker(_):
     return {k: tf.zeros([0], tf.int32) for k in keys}, tf.constant(True)
 
-  markers = tf.data.Dataset.range(rows).map(flush_marker)
+  markers = tf.data.Dataset.range(open_rows).map(flush_marker)
   stream = ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).concatenate(markers)
 
-  def empty_state():
-    state = {"used": {k: tf.zeros([rows], tf.int32) for k in keys},
-             "segments": tf.zeros([rows], tf.int32)}
-    for k in keys:
-      state[k] = tf.zeros([rows, lengths[k]], tf.int32)
-      state[k + "_segment_ids"] = tf.zeros([rows, lengths[k]], tf.int32)
-      state[k + "_positions"] = tf.zeros([rows, lengths[k]], tf.int32)
-    return state
+  row_length = {k + suffix: lengths[k] for k in keys
+                for suffix in ("", "_segment_ids", "_positions")}
+  row_features = list(row_length)
 
-  row_features = [k + suffix for k in keys for suffix in ("", "_segment_ids", "_positions")]
+  # The state is the open rows themselves, {feature name: int32 [rows, length]}; how much
+  # of a row is used and how many examples it holds are read off its segment ids.
+  def used(state, k):
+    return tf.reduce_sum(tf.cast(state[k + "_segment_ids"] > 0, tf.int32), axis=1)
+
+  def segments(state):
+    return tf.reduce_max(tf.stack([tf.reduce_max(state[k + "_segment_ids"], axis=1)
+                                   for k in keys]), axis=0)
 
   def take_row(state, j):
     return {name: state[name][j] for name in row_features}
 
   def clear_row(state, j):
-    state = dict(state, used=dict(state["used"]))
-    for name in row_features:
-      state[name] = tf.tensor_scatter_nd_update(
-          state[name], [[j]], tf.zeros([1, state[name].shape[1]], tf.int32))
-    for k in keys:
-      state["used"][k] = tf.tensor_scatter_nd_update(state["used"][k], [[j]], [0])
-    state["segments"] = tf.tensor_scatter_nd_update(state["segments"], [[j]], [0])
-    return state
+    return {name: tf.tensor_scatter_nd_update(value, [[j]], tf.zeros_like(value[:1]))
+            for name, value in state.items()}
 
   def put(state, j, ex):
-    state = dict(state, used=dict(state["used"]))
-    segment = state["segments"][j] + 1
+    state = dict(state)
+    segment = segments(state)[j] + 1
     for k in keys:
       n = tf.shape(ex[k])[0]
-      start = state["used"][k][j]
-      index = tf.stack([tf.fill([n], j), start + tf.range(n)], axis=1)
-      state[k] = tf.tensor_scatter_nd_update(state[k], index, ex[k])
-      state[k + "_segment_ids"] = tf.tensor_scatter_nd_update(
-          state[k + "_segment_ids"], index, tf.fill([n], segment))
-      state[k + "_positions"] = tf.tensor_scatter_nd_update(
-          state[k + "_positions"], index, tf.range(n))
-      state["used"][k] = tf.tensor_scatter_nd_add(state["used"][k], [[j]], [n])
-    state["segments"] = tf.tensor_scatter_nd_update(state["segments"], [[j]], [segment])
+      index = tf.stack([tf.fill([n], j), used(state, k)[j] + tf.range(n)], axis=1)
+      for name, values in ((k, ex[k]), (k + "_segment_ids", tf.fill([n], segment)),
+                           (k + "_positions", tf.range(n))):
+        state[name] = tf.tensor_scatter_nd_update(state[name], index, values)
     return state
 
   def fullness(state):
     """Per row, the fraction of its most filled feature (what decides if more fits)."""
-    return tf.reduce_max(tf.stack([tf.cast(state["used"][k], tf.float32) / lengths[k]
+    return tf.reduce_max(tf.stack([tf.cast(used(state, k), tf.float32) / lengths[k]
                                    for k in keys]), axis=0)
 
   def step(state, element):
     ex, is_marker = element
 
     def add_example():
-      fits = tf.reduce_all(tf.stack([state["used"][k] + tf.shape(ex[k])[0] <= lengths[k]
+      fits = tf.reduce_all(tf.stack([used(state, k) + tf.shape(ex[k])[0] <= lengths[k]
                                      for k in keys]), axis=0)
 
       def into_first_fit():
@@ -116,18 +109,15 @@ def first_fit_pack(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], *,
 
       def close_fullest():
         j = tf.cast(tf.argmax(fullness(state)), tf.int32)
-        row = take_row(state, j)
-        return put(clear_row(state, j), j, ex), tf.constant(True), row
+        return put(clear_row(state, j), j, ex), tf.constant(True), take_row(state, j)
 
       return tf.cond(tf.reduce_any(fits), into_first_fit, close_fullest)
 
     def flush_one():
       # Markers come after the last example: emit the fullest open row each time.
-      j = tf.cast(tf.argmax(fullness(state) + tf.cast(state["segments"] > 0, tf.float32)),
-                  tf.int32)
-      row = take_row(state, j)
-      nonempty = state["segments"][j] > 0
-      return clear_row(state, j), nonempty, row
+      open_rows_held = segments(state) > 0
+      j = tf.cast(tf.argmax(fullness(state) + tf.cast(open_rows_held, tf.float32)), tf.int32)
+      return clear_row(state, j), open_rows_held[j], take_row(state, j)
 
     new_state, emit, row = tf.cond(is_marker, flush_one, add_example)
     return new_state, (emit, row)
@@ -135,16 +125,11 @@ def first_fit_pack(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], *,
   def emitted(emit, unused_row):
     return emit
 
-  def row_of(unused_emit, row):
-    return row
+  def fixed_row(unused_emit, row):
+    return {name: tf.ensure_shape(row[name], [row_length[name]]) for name in row_features}
 
-  def fixed_shapes(row):
-    return {name: tf.ensure_shape(row[name], [shapes[name]]) for name in row_features}
-
-  shapes = {k + suffix: lengths[k] for k in keys
-            for suffix in ("", "_segment_ids", "_positions")}
-  packed = stream.scan(empty_state(), step)
-  return packed.filter(emitted).map(row_of).map(fixed_shapes)
+  empty = {name: tf.zeros([open_rows, row_length[name]], tf.int32) for name in row_features}
+  return stream.scan(empty, step).filter(emitted).map(fixed_row)
 
 
 class FirstFitEncDecFeatureConverter(seqio.EncDecFeatureConverter):
@@ -160,3 +145,15 @@ class FirstFitEncDecFeatureConverter(seqio.EncDecFeatureConverter):
     if not self.pack:
       return super()._pack_or_pad(ds, packed_lengths)
     return first_fit_pack(ds, packed_lengths, open_rows=self.open_rows)
+
+
+def feature_converter(packer: str = "first_fit", *, pack: bool = True
+                      ) -> seqio.EncDecFeatureConverter:
+  """The encoder-decoder converter of training: "first_fit" (this module's packer) or
+  "seqio" (`seqio.utils.trim_and_pack_dataset`, T5X's). Unpacked, both pad alike."""
+  if packer == "first_fit":
+    return FirstFitEncDecFeatureConverter(pack=pack)
+  if packer == "seqio":
+    return seqio.EncDecFeatureConverter(pack=pack)
+  raise errors.UserError(f"packer={packer!r} is not a packer; use 'first_fit' (recast's, "
+                         "less padding) or 'seqio' (T5X's)")

@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
   if not vocab_path.exists():
     vocab_build.build_vocabulary(
         demo.vocabulary_text(data_dir), vocab_size=VOCAB_PIECES, out=vocab_path,
-        required_text=[n for names in demo.LABEL_NAMES.values() for n in names])
+        required_text=vocab_build.label_names(names))
   print(f"  {vocab_path}: {VOCAB_PIECES} pieces + 100 sentinel ids")
 
   from tasks import pretraining

@@ -96,13 +96,7 @@ def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[st
   import seqio
 
   from tasks import packing
-  if packer == "first_fit":
-    converter = packing.FirstFitEncDecFeatureConverter(pack=pack)
-  elif packer == "seqio":
-    converter = seqio.EncDecFeatureConverter(pack=pack)
-  else:
-    raise errors.UserError(f"packer={packer!r} is not a packer; use 'first_fit' (recast's, "
-                           "less padding) or 'seqio' (T5X's)")
+  converter = packing.feature_converter(packer, pack=pack)
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
       dataset_split=split, use_cached=use_cached, shuffle=shuffle, num_epochs=None,
