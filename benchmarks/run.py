@@ -204,11 +204,16 @@ def print_gpu(result: dict) -> None:
     print(f"\ngpu: skipped ({result['skipped']})")
     return
   mfu = result["mfu"]
-  print(f"\ngpu: {result['device_kind']} T5.1.1-base bf16 batch {result['batch_size']} x "
-        f"{_lengths(result['task_feature_lengths'])}: {result['examples_per_s']:.1f} ex/s, "
-        f"{result['achieved_tflop_per_s']:.1f} TFLOP/s, MFU "
-        f"{'-' if mfu is None else f'{mfu:.1%}'}; time to first step "
-        f"{result['time_to_first_step_s']:.1f}s")
+  if "time_to_first_step_s" in result:
+    startup = (f"time to first step {result['time_to_first_step_s']:.1f}s (init "
+               f"{result['init_s']:.1f}s, step compiled in {result['compile_s']:.1f}s)")
+  else:
+    startup = f"compiled and first step in {result['compile_and_first_step_s']:.1f}s"
+  print(f"\ngpu: {result['device_kind']} T5.1.1-base bf16, {result['attention']} attention, "
+        f"batch {result['batch_size']} x {_lengths(result['task_feature_lengths'])}: "
+        f"{result['step_seconds']['median_s'] * 1e3:.1f} ms/step, "
+        f"{result['examples_per_s']:.1f} ex/s, {result['achieved_tflop_per_s']:.1f} TFLOP/s, "
+        f"MFU {'-' if mfu is None else f'{mfu:.1%}'}; {startup}")
 
 
 def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: str,
@@ -269,6 +274,7 @@ def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: 
       print_packing(results["packing"])
     if "gpu" in sections:
       results["gpu"] = gpu.mfu(batch_size=preset.gpu_batch, log=log)
+      results["gpu"].pop("_trainer", None)
       print_gpu(results["gpu"])
   return results
 

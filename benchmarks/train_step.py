@@ -58,12 +58,18 @@ class RecastTrainer:
   """recast's jitted train step on the default mesh (every device, data parallel),
   Adafactor at a constant rate."""
 
-  def __init__(self, config: T5Config, *, seed: int = 0):
+  def __init__(self, config: T5Config, *, seed: int = 0, state: Any = None):
+    """`state`: start from a copy of this state (of a config with the same shapes) instead
+    of initialising one."""
     import jax
+    import jax.numpy as jnp
     self.config = config
     optimizer, self.partitioner, self.train_step = _jitted(config)
-    self.state = train_state.create_train_state(config, optimizer, jax.random.PRNGKey(seed),
-                                                self.partitioner)
+    if state is not None:
+      self.state = jax.tree_util.tree_map(jnp.copy, state)
+    else:
+      self.state = train_state.create_train_state(config, optimizer, jax.random.PRNGKey(seed),
+                                                  self.partitioner)
     self.rng = jax.device_put(jax.random.PRNGKey(seed + 1), self.partitioner.replicated)
 
   def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -73,6 +79,15 @@ class RecastTrainer:
     """One update; blocks until it is done and returns its loss."""
     import jax
     self.state, metrics = self.train_step(self.state, device_batch, self.rng)
+    jax.block_until_ready(self.state)
+    return float(metrics["loss"])
+
+  def steps(self, device_batch: Mapping[str, Any], count: int) -> float:
+    """`count` updates dispatched back to back, as `recast train` runs them (the host
+    queues step n+1 while the device runs step n); blocks at the end, returns the last loss."""
+    import jax
+    for _ in range(count):
+      self.state, metrics = self.train_step(self.state, device_batch, self.rng)
     jax.block_until_ready(self.state)
     return float(metrics["loss"])
 

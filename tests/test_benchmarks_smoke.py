@@ -109,3 +109,40 @@ def test_benchmark_run_writes_every_section(shared_data, tmp_path, capsys):
   assert packed["mixture_or_task_name"] == packing.GLUE4_MIXTURE
   for kind in ("packed", "padded_to_longest"):
     assert 0 < packed[kind]["non_padding"] <= 1 and packed[kind]["examples_per_row"] >= 1
+
+
+def test_trace_summary_counts_device_stream_kernels(tmp_path):
+  import gzip
+  from benchmarks import trace_summary
+  meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind,
+                                       "args": {"name": name}}
+  kernel = lambda tid, ts, dur, name: {"ph": "X", "pid": 2, "tid": tid, "ts": ts, "dur": dur,
+                                       "name": name}
+  events = [meta(1, 0, "process_name", "/host:CPU"), meta(2, 0, "process_name", "/device:GPU:0"),
+            meta(2, 7, "thread_name", "Stream #7(Compute)"),
+            meta(2, 8, "thread_name", "Stream #8(MemcpyH2D)"),
+            meta(2, 9, "thread_name", "XLA Ops"),
+            {"ph": "X", "pid": 1, "tid": 0, "ts": 0, "dur": 500, "name": "PjitFunction"},
+            kernel(9, 0, 400, "fusion.3"),  # XLA's op line: not a kernel
+            kernel(7, 0, 100, "sm90_xmma_gemm_bf16bf16_bf16f32"),
+            kernel(7, 150, 50, "loop_multiply_fusion"),
+            kernel(8, 160, 60, "cudnn_generated_fort_native_sdpa_sm90_flash_fprop"),
+            kernel(7, 300, 100, "sm90_xmma_gemm_bf16bf16_bf16f32")]
+  path = tmp_path / "perfetto_trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  s = trace_summary.summarize(str(path), steps=2)
+  assert s["kernels_per_step"] == 2.0
+  assert s["kernel_ms_per_step"] == pytest.approx(0.155)  # 310 us over 2 steps
+  assert s["busy_ms_per_step"] == pytest.approx(0.135)  # [0,100) [150,220) [300,400)
+  assert s["span_ms_per_step"] == pytest.approx(0.2)
+  assert s["by_category"] == pytest.approx({"gemm": 0.1, "attention": 0.03, "fusion": 0.025})
+  assert s["top_kernels"][0] == {"name": "sm90_xmma_gemm_bf16bf16_bf16f32", "category": "gemm",
+                                 "ms_per_step": pytest.approx(0.1), "count_per_step": 1.0}
+
+
+def test_gpu_benchmark_skips_without_a_gpu(capsys):
+  from benchmarks import gpu
+  assert gpu.main(["--numerics", "--profile_dir", "/nonexistent"]) == 0
+  assert "gpu: skipped (no GPU: JAX backend is 'cpu'" in capsys.readouterr().out
+  assert "skipped" in gpu.mfu(batch_size=2) and "skipped" in gpu.attention_numerics()

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Optional
 
 import flax.linen as nn
+import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ Array = jax.Array
 _NEG_INF = -1e10
 
 FEED_FORWARDS = ("gated-gelu", "relu")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
 @gin.configurable
@@ -47,6 +49,10 @@ class T5Config:
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
   dtype: str = "float32"  # activation dtype; parameters are always float32.
+  # "xla": attention as einsums + float32 softmax (T5X's). "cudnn": cuDNN's fused (flash)
+  # attention, GPU only, bf16/fp16 activations, no attention dropout. "auto": cuDNN where
+  # it can run (a GPU, bf16/fp16, dropout off or inactive), else XLA. See `Attention`.
+  attention_implementation: str = "auto"
 
   def __post_init__(self):
     if self.vocab_size is not None and self.vocab_size <= 0:
@@ -57,6 +63,10 @@ class T5Config:
           f"{', '.join(FEED_FORWARDS)}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16 or float16")
+    if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(
+          f"T5Config.attention_implementation={self.attention_implementation!r} is not "
+          f"supported; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
 
   @property
   def activation_dtype(self):
@@ -175,11 +185,86 @@ class RMSNorm(nn.Module):
     return (y * scale).astype(self.dtype)
 
 
+@flax.struct.dataclass
+class AttentionMask:
+  """Which keys each query may attend to.
+
+  query_mask / key_mask: bool [b, q] / [b, k], true for real tokens (seqio pads at the end
+  of a row, so real tokens are a prefix); segment ids (packed rows): int [b, q] / [b, k],
+  attention only within the same example; `causal`: no key after the query's position.
+  """
+
+  query_mask: Array
+  key_mask: Array
+  query_segment_ids: Optional[Array] = None
+  key_segment_ids: Optional[Array] = None
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def allowed(self) -> Array:
+    """bool [b, 1, q, k]: true where attention is allowed."""
+    allowed = self.query_mask[:, :, None] & self.key_mask[:, None, :]
+    if self.query_segment_ids is not None:
+      allowed &= self.query_segment_ids[:, :, None] == self.key_segment_ids[:, None, :]
+    if self.causal:
+      q, k = self.query_mask.shape[1], self.key_mask.shape[1]
+      allowed &= jnp.arange(q)[:, None] >= jnp.arange(k)[None, :]
+    return allowed[:, None]
+
+  def bias(self) -> Array:
+    """Additive float32 [b, 1, q, k]: 0 where attention is allowed, -1e10 elsewhere."""
+    return jnp.where(self.allowed(), 0.0, _NEG_INF).astype(jnp.float32)
+
+
+def cudnn_attention_problem(config: T5Config, *, query_length: int, key_length: int,
+                            has_position_bias: bool, dropout: bool) -> Optional[str]:
+  """Why cuDNN's fused attention can't run this attention (None when it can)."""
+  if jax.default_backend() != "gpu":
+    return f"it needs a GPU (JAX's backend is {jax.default_backend()!r})"
+  if config.dtype not in ("bfloat16", "float16"):
+    return f"it needs bfloat16 or float16 activations (T5Config.dtype={config.dtype!r})"
+  if dropout:
+    return (f"it has no attention dropout (T5Config.dropout_rate={config.dropout_rate} and "
+            "dropout is on): set dropout_rate=0.0 or use 'xla'")
+  if config.d_kv % 8 or config.d_kv > 128:
+    return f"it needs d_kv a multiple of 8 and at most 128 (d_kv={config.d_kv})"
+  if has_position_bias and (query_length % 2 or key_length % 2):
+    return (f"with a position bias it needs even lengths (got {query_length} queries, "
+            f"{key_length} keys): use even feature lengths")
+  return None
+
+
+def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask,
+                    position_bias: Optional[Array], *, implementation: str = "cudnn") -> Array:
+  """softmax(q k^T + position_bias, masked) v through `jax.nn.dot_product_attention`.
+
+  query [b, q, heads, d_kv], key/value [b, k, heads, d_kv]; position_bias [1, heads, q, k]
+  or None. Unpacked rows pass the mask as sequence lengths (real tokens are a prefix; at
+  least 1, so an all-padding row stays finite) and `is_causal`, which cuDNN applies without
+  materialising a mask; packed rows pass the segment mask as a bool [b, 1, q, k].
+  Positions that are padding come out differently from the einsum path (zeros under
+  cuDNN); every real position gets the same attention.
+  """
+  bias = None if position_bias is None else position_bias.astype(query.dtype)
+  kwargs = dict(scale=1.0, implementation=implementation)
+  if mask.query_segment_ids is not None:
+    return jax.nn.dot_product_attention(query, key, value, bias, mask.allowed(), **kwargs)
+  lengths = lambda m: jnp.maximum(jnp.sum(m, axis=1, dtype=jnp.int32), 1)
+  return jax.nn.dot_product_attention(
+      query, key, value, bias, is_causal=mask.causal,
+      query_seq_lengths=lengths(mask.query_mask), key_value_seq_lengths=lengths(mask.key_mask),
+      **kwargs)
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention without the 1/sqrt(d_kv) scale (T5 folds it into init).
 
   With `decode=True` the keys and values of self-attention are kept in the `cache`
   collection and each call processes one new position.
+
+  `config.attention_implementation` picks the kernel: XLA's einsums with a float32
+  softmax (T5X's numerics), or cuDNN's fused flash attention, which never writes the
+  [b, heads, q, k] scores to memory (the position bias enters in the activation dtype).
+  Decoding steps always use XLA.
   """
 
   config: T5Config
@@ -191,10 +276,24 @@ class Attention(nn.Module):
     heads_and_kv = dense(x, kernel.astype(x.dtype).reshape(x.shape[-1], -1))
     return heads_and_kv.reshape(*x.shape[:-1], cfg.num_heads, cfg.d_kv)
 
+  def _implementation(self, query_length, key_length, has_position_bias, dropout, decode):
+    cfg = self.config
+    if cfg.attention_implementation == "xla" or decode:
+      return "xla"
+    problem = cudnn_attention_problem(cfg, query_length=query_length, key_length=key_length,
+                                      has_position_bias=has_position_bias, dropout=dropout)
+    if problem is None:
+      return "cudnn"
+    if cfg.attention_implementation == "cudnn":
+      raise ValueError(f"T5Config.attention_implementation='cudnn' can't run here: {problem}; "
+                       "'auto' falls back to XLA where cuDNN can't run")
+    return "xla"
+
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array, *,
-               enable_dropout: bool = False, decode: bool = False) -> Array:
-    """inputs_q: [b, q, d]; inputs_kv: [b, k, d]; bias: float32 [b or 1, heads, q, k]."""
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: AttentionMask,
+               position_bias: Optional[Array] = None, *, enable_dropout: bool = False,
+               decode: bool = False) -> Array:
+    """inputs_q: [b, q, d]; inputs_kv: [b, k, d]; position_bias: float32 [1, heads, q, k]."""
     cfg = self.config
     dtype = cfg.activation_dtype
     d = inputs_q.shape[-1]
@@ -203,10 +302,18 @@ class Attention(nn.Module):
     value = self._proj("value", inputs_kv, d ** -0.5)
     if decode:
       key, value = self._update_cache(key, value)
-    logits = jnp.einsum("bqhk,bthk->bhqt", query, key).astype(jnp.float32) + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
-    out = jnp.einsum("bhqt,bthk->bqhk", weights, value)
+    implementation = self._implementation(
+        query.shape[1], key.shape[1], position_bias is not None,
+        enable_dropout and cfg.dropout_rate > 0, decode)
+    if implementation == "cudnn":
+      out = fused_attention(query, key, value, mask, position_bias)
+    else:
+      logits = jnp.einsum("bqhk,bthk->bhqt", query, key).astype(jnp.float32)
+      if position_bias is not None:
+        logits = logits + position_bias
+      weights = jax.nn.softmax(logits + mask.bias(), axis=-1).astype(dtype)
+      weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=not enable_dropout)
+      out = jnp.einsum("bhqt,bthk->bqhk", weights, value)
     out_kernel = _param(self, "out", nn.initializers.normal((cfg.num_heads * cfg.d_kv) ** -0.5),
                         (cfg.num_heads, cfg.d_kv, d), ("heads", "kv", "embed"))
     return dense(out.reshape(*out.shape[:-2], -1), out_kernel.astype(dtype).reshape(-1, d))
@@ -256,11 +363,12 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, *, enable_dropout=False):
+  def __call__(self, x, mask, position_bias, *, enable_dropout=False):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate)
     h = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="pre_attention_layer_norm")(x)
-    h = Attention(cfg, name="attention")(h, h, bias, enable_dropout=enable_dropout)
+    h = Attention(cfg, name="attention")(h, h, mask, position_bias,
+                                         enable_dropout=enable_dropout)
     x = x + drop(h, deterministic=not enable_dropout)
     h = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="pre_mlp_layer_norm")(x)
     h = FeedForward(cfg, name="mlp")(h, enable_dropout=enable_dropout)
@@ -272,38 +380,23 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, encoded, self_bias, cross_bias, *, enable_dropout=False, decode=False):
+  def __call__(self, x, encoded, self_mask, self_position_bias, cross_mask, *,
+               enable_dropout=False, decode=False):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout_rate)
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name=name)
     h = norm("pre_self_attention_layer_norm")(x)
-    h = Attention(cfg, name="self_attention")(h, h, self_bias, enable_dropout=enable_dropout,
-                                              decode=decode)
+    h = Attention(cfg, name="self_attention")(h, h, self_mask, self_position_bias,
+                                              enable_dropout=enable_dropout, decode=decode)
     x = x + drop(h, deterministic=not enable_dropout)
     h = norm("pre_cross_attention_layer_norm")(x)
-    h = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_bias,
+    h = Attention(cfg, name="encoder_decoder_attention")(h, encoded, cross_mask,
                                                          enable_dropout=enable_dropout)
     x = x + drop(h, deterministic=not enable_dropout)
     h = norm("pre_mlp_layer_norm")(x)
     h = FeedForward(cfg, name="mlp")(h, enable_dropout=enable_dropout)
     x = x + drop(h, deterministic=not enable_dropout)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-
-def attention_bias(query_mask: Array, key_mask: Array, query_segment_ids: Optional[Array] = None,
-                   key_segment_ids: Optional[Array] = None, causal: bool = False) -> Array:
-  """Additive float32 bias [b, 1, q, k]: 0 where attention is allowed, -1e10 elsewhere.
-
-  Masks: padding (`*_mask` true for real tokens), packed examples (segment ids must match),
-  and, with `causal`, future positions.
-  """
-  allowed = query_mask[:, :, None] & key_mask[:, None, :]
-  if query_segment_ids is not None:
-    allowed &= query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
-  if causal:
-    q, k = query_mask.shape[1], key_mask.shape[1]
-    allowed &= jnp.arange(q)[:, None] >= jnp.arange(k)[None, :]
-  return jnp.where(allowed, 0.0, _NEG_INF).astype(jnp.float32)[:, None]
 
 
 class Encoder(nn.Module):
@@ -314,16 +407,17 @@ class Encoder(nn.Module):
   def __call__(self, tokens, segment_ids=None, *, enable_dropout=False):
     cfg = self.config
     length = tokens.shape[1]
-    mask = tokens > 0
-    bias = attention_bias(mask, mask, segment_ids, segment_ids)
+    real = tokens > 0
+    mask = AttentionMask(real, real, segment_ids, segment_ids)
     positions = jnp.arange(length)
-    bias = bias + RelativePositionBiases(
+    position_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=True, name="relpos_bias")(positions, positions)
     x = self.embedder(tokens).astype(cfg.activation_dtype)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, enable_dropout=enable_dropout)
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, position_bias,
+                                                enable_dropout=enable_dropout)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
 
@@ -343,21 +437,24 @@ class Decoder(nn.Module):
         cfg.num_heads, bidirectional=False, name="relpos_bias")
     encoder_mask = encoder_tokens > 0
     if decode:
-      step, self_bias, cross_bias = self._decode_biases(relpos, encoder_mask, length)
+      self_mask, self_position_bias, cross_mask = self._decode_masks(relpos, encoder_mask,
+                                                                     length)
     else:
       target_mask = (decoder_target_tokens if decoder_target_tokens is not None
                      else decoder_input_tokens) > 0
       # T5X's decoder: every position starts real (input 0 is the BOS), so mask on targets.
       positions = jnp.arange(length)
-      self_bias = attention_bias(target_mask, target_mask, decoder_segment_ids,
-                                 decoder_segment_ids, causal=True) + relpos(positions, positions)
-      cross_bias = attention_bias(target_mask, encoder_mask, decoder_segment_ids,
-                                  encoder_segment_ids)
+      self_mask = AttentionMask(target_mask, target_mask, decoder_segment_ids,
+                                decoder_segment_ids, causal=True)
+      self_position_bias = relpos(positions, positions)
+      cross_mask = AttentionMask(target_mask, encoder_mask, decoder_segment_ids,
+                                 encoder_segment_ids)
     x = self.embedder(decoder_input_tokens).astype(cfg.activation_dtype)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
     for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
-                                                enable_dropout=enable_dropout, decode=decode)
+      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, self_mask, self_position_bias,
+                                                cross_mask, enable_dropout=enable_dropout,
+                                                decode=decode)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
     if cfg.tie_word_embeddings:
@@ -368,23 +465,24 @@ class Decoder(nn.Module):
       logits = dense(x, kernel.astype(x.dtype))
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
-  def _decode_biases(self, relpos, encoder_mask, length):
-    """Biases for one decoding step at the position held in the cache."""
+  def _decode_masks(self, relpos, encoder_mask, length):
+    """(self mask, self position bias, cross mask) of one decoding step at the position
+    held in the cache."""
     initialized = self.has_variable("cache", "position")
     position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+    batch = encoder_mask.shape[0]
     if not initialized:  # Cache creation: a full causal pass over `length` positions.
       positions = jnp.arange(length)
-      ones = jnp.ones((encoder_mask.shape[0], length), bool)
-      self_bias = attention_bias(ones, ones, causal=True) + relpos(positions, positions)
-      return None, self_bias, attention_bias(ones, encoder_mask)
+      ones = jnp.ones((batch, length), bool)
+      return (AttentionMask(ones, ones, causal=True), relpos(positions, positions),
+              AttentionMask(ones, encoder_mask))
     step = position.value
-    cache_length = self._cache_length()
-    keys = jnp.arange(cache_length)
-    self_bias = jnp.where(keys <= step, 0.0, _NEG_INF)[None, None, None, :].astype(jnp.float32)
-    self_bias = self_bias + relpos(step[None], keys)
-    ones = jnp.ones((encoder_mask.shape[0], 1), bool)
+    keys = jnp.arange(self._cache_length())
+    one = jnp.ones((batch, 1), bool)
+    filled = jnp.broadcast_to(keys <= step, (batch, keys.shape[0]))
     position.value = step + 1
-    return step, self_bias, attention_bias(ones, encoder_mask)
+    return (AttentionMask(one, filled), relpos(step[None], keys),
+            AttentionMask(one, encoder_mask))
 
   def _cache_length(self) -> int:
     cache = self.variables["cache"]

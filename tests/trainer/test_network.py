@@ -1,5 +1,7 @@
 """The T5 network: shapes, logical axes, packing masks, cached decoding, T5.1.0 vs T5.1.1."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,3 +142,90 @@ def test_config_errors_name_the_fix():
   assert network.T5Config().with_vocab_size(32100).vocab_size == 32128
   with pytest.raises(ValueError, match="smaller than the vocabulary"):
     network.T5Config(vocab_size=100).with_vocab_size(32100)
+
+
+@pytest.fixture
+def fused_attention_on_cpu(monkeypatch):
+  """Routes attention through `network.fused_attention` with jax.nn.dot_product_attention's
+  XLA kernel: the arguments a GPU gets (sequence lengths, is_causal, bool segment masks,
+  the position bias as a bias) with the kernel CPUs have. Returns the list of calls."""
+  monkeypatch.setattr(network, "cudnn_attention_problem", lambda *a, **k: None)
+  fused, calls = network.fused_attention, []
+
+  def on_cpu(*args, **kwargs):
+    calls.append(args[3])
+    return fused(*args, **dict(kwargs, implementation="xla"))
+
+  monkeypatch.setattr(network, "fused_attention", on_cpu)
+  return calls
+
+
+def _loss_and_grads(model, params, enc, dec_in, tgt, **segments):
+  def loss(p):
+    logits = model.apply({"params": p}, enc, dec_in, tgt, **segments)
+    logp = jax.nn.log_softmax(logits)
+    picked = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    return -jnp.sum(picked * (tgt > 0)), logits
+  (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  return value, logits, grads
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_fused_attention_arguments_give_the_einsum_numbers(fused_attention_on_cpu, packed):
+  params = nn.unbox(network.init_params(TINY.replace(attention_implementation="xla"),
+                                       jax.random.PRNGKey(0)))
+  reference = network.Transformer(TINY.replace(attention_implementation="xla"))
+  fused = network.Transformer(TINY.replace(attention_implementation="cudnn"))
+  if packed:  # two examples in one row, then padding
+    enc = jnp.array([[5, 6, 7, 1, 10, 11, 1, 0], [4, 1, 0, 0, 0, 0, 0, 0]])
+    segments = dict(encoder_segment_ids=jnp.array([[1] * 4 + [2] * 3 + [0], [1, 1] + [0] * 6]),
+                    decoder_segment_ids=jnp.array([[1] * 3 + [2] * 2 + [0], [1, 1, 0, 0, 0, 0]]))
+    tgt = jnp.array([[8, 9, 1, 12, 1, 0], [3, 1, 0, 0, 0, 0]])
+    dec_in = jnp.array([[0, 8, 9, 0, 12, 0], [0, 3, 0, 0, 0, 0]])
+  else:  # rows of different lengths, padded at the end (seqio's layout)
+    enc = jnp.array([[5, 6, 7, 9, 1, 0], [4, 1, 0, 0, 0, 0]])
+    tgt = jnp.array([[8, 9, 3, 1], [3, 1, 0, 0]])
+    dec_in = jnp.array([[0, 8, 9, 3], [0, 3, 1, 0]])
+    segments = {}
+  loss, logits, grads = _loss_and_grads(reference, params, enc, dec_in, tgt, **segments)
+  fused_loss, fused_logits, fused_grads = _loss_and_grads(fused, params, enc, dec_in, tgt,
+                                                          **segments)
+  # Encoder self-attention and decoder self- and cross-attention, every layer, once.
+  assert len(fused_attention_on_cpu) == TINY.num_encoder_layers + 2 * TINY.num_decoder_layers
+  assert {m.causal for m in fused_attention_on_cpu} == {False, True}
+  assert all((m.query_segment_ids is not None) == packed for m in fused_attention_on_cpu)
+  real = np.asarray(tgt > 0)
+  np.testing.assert_allclose(np.asarray(fused_logits)[real], np.asarray(logits)[real],
+                             atol=2e-5)
+  np.testing.assert_allclose(fused_loss, loss, rtol=1e-5)
+  # Every gradient, the relative-position tables' included (they enter as the bias).
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    fg = functools.reduce(lambda t, k: t[k.key], path, fused_grads)
+    np.testing.assert_allclose(fg, g, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+  assert float(jnp.abs(grads["encoder"]["relpos_bias"]["rel_embedding"]).sum()) > 0
+
+
+def test_attention_implementation_choice():
+  enc, dec = jnp.array([[5, 6, 1, 0]]), jnp.array([[0, 7, 8, 1]])
+  params = nn.unbox(network.init_params(TINY, jax.random.PRNGKey(0)))
+  # 'auto' falls back to XLA off a GPU: the numbers are the einsum path's.
+  auto = network.Transformer(TINY).apply({"params": params}, enc, dec, dec)
+  xla = network.Transformer(TINY.replace(attention_implementation="xla")).apply(
+      {"params": params}, enc, dec, dec)
+  np.testing.assert_array_equal(auto, xla)
+  # 'cudnn' asked for where it can't run says why and what to do.
+  with pytest.raises(ValueError, match="can't run here: it needs a GPU.*'auto' falls back"):
+    network.Transformer(TINY.replace(attention_implementation="cudnn")).apply(
+        {"params": params}, enc, dec, dec)
+  with pytest.raises(ValueError, match="attention_implementation='flash'.*auto, xla, cudnn"):
+    TINY.replace(attention_implementation="flash")
+  problem = lambda cfg, **kw: network.cudnn_attention_problem(
+      cfg, **dict(dict(query_length=8, key_length=8, has_position_bias=True, dropout=False), **kw))
+  assert "GPU" in problem(TINY)
+  if jax.default_backend() == "gpu":  # the rest needs a GPU to get past the first check
+    bf16 = TINY.replace(dtype="bfloat16")
+    assert problem(bf16) is None
+    assert "bfloat16 or float16" in problem(TINY)
+    assert "dropout" in problem(bf16, dropout=True)
+    assert "even lengths" in problem(bf16, query_length=7)
+    assert problem(bf16, query_length=7, has_position_bias=False) is None
