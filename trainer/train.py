@@ -322,27 +322,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if is_chief:
     model_dir.mkdir(parents=True, exist_ok=True)
     gin_config.write_config_files(model_dir, operative=False)
+  if resume_step is not None and resume_step >= train_steps:
+    print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to do",
+          flush=True)
+    return {}
   checkpoints = run_checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
-  if resume_step is not None:
-    state, restored_meta = checkpoints.restore(resume_step, abstract_state)
-    data_position = int(restored_meta["data_position"])
-    if is_chief:
-      drop_metrics_after(model_dir, resume_step)
-      print(f"resuming from {model_dir}/{run_checkpoints.STEP_PREFIX}_{resume_step}",
-            flush=True)
-  else:
-    state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
-                                               params=initial_params)
-    data_position = 0
-  start_step = int(state.step)
-  if start_step >= train_steps:
-    print(f"{model_dir} is at step {start_step} >= TRAIN_STEPS={train_steps}; nothing to do",
-          flush=True)
-    checkpoints.close()
-    return {}
+  data_position = int(resume_meta["data_position"]) if resume_step is not None else 0
 
+  # The first batch, then the train step's compilation in the background while the state
+  # is initialised or restored and the evaluator is built (time to the first step).
   model = network.Transformer(config)
   train_step = (train_step_factory or train_state_lib.make_train_step)(
       model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
@@ -353,6 +343,20 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
       num_shards=layout.num_shards, start_batch=data_position,
       packer=packer).as_numpy_iterator()
+  first_batch = next(batches)
+  if hasattr(train_step, "lower"):  # a jitted step (factories may return other callables)
+    train_step = train_state_lib.BackgroundCompiledStep(
+        train_step, abstract_state, partitioner.shard_batch(first_batch), dropout_rng)
+  if resume_step is not None:
+    state, _ = checkpoints.restore(resume_step, abstract_state)
+    if is_chief:
+      drop_metrics_after(model_dir, resume_step)
+      print(f"resuming from {model_dir}/{run_checkpoints.STEP_PREFIX}_{resume_step}",
+            flush=True)
+  else:
+    state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
+                                               params=initial_params)
+  start_step = int(state.step)
   evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
                               mixture_or_task_name=(eval_mixture_or_task_name
                                                     or mixture_or_task_name),
@@ -366,7 +370,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   pending = None  # The last step's metrics, fetched after the next step is dispatched.
   try:
     for step in range(start_step + 1, train_steps + 1):
-      local = next(batches)
+      local, first_batch = (first_batch if first_batch is not None else next(batches)), None
       state, metrics = train_step(state, partitioner.shard_batch(local), dropout_rng)
       if pending is not None:
         window.append(_fetch_finite(*pending, checkpoints=checkpoints))

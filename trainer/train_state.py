@@ -9,6 +9,7 @@ one global batch: forward, loss (`trainer.losses`), gradient accumulation over
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
@@ -99,6 +100,47 @@ def create_train_state(config: network.T5Config, optimizer: Optimizer, rng: Arra
     params = jax.device_put(params, shardings.params)
   step = jax.device_put(jnp.zeros((), jnp.int32), shardings.step)
   return TrainState(step=step, params=params, opt_state=init_opt(params))
+
+
+class BackgroundCompiledStep:
+  """A jitted step whose XLA compilation starts at construction, in a thread, so that it
+  overlaps whatever the caller does next (initialising or restoring the state, building
+  the input pipeline and the evaluator); the first call waits for it.
+
+  XLA compiles with Python's lock released, so on a GPU the train step's compilation
+  (~45 s for T5.1.1-base) runs beside the parameter initialisation's (~2 minutes on a cold
+  cache). `abstract_args` are the call's arguments or jax.ShapeDtypeStructs with their
+  shardings; later calls must match them (as a train loop's do). If compiling fails the
+  calls go to the jitted step, which raises the error in the caller's thread.
+  """
+
+  def __init__(self, step: Callable, *abstract_args: Any):
+    self._step = step
+    self._compiled: Optional[Callable] = None
+    self._ready: Optional[Callable] = None
+    self._thread = threading.Thread(target=self._compile, args=abstract_args, daemon=True,
+                                     name="recast-compile")
+    self._thread.start()
+
+  def _compile(self, *abstract_args):
+    structs = jax.tree_util.tree_map(
+        lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+        else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_args)
+    try:
+      self._compiled = self._step.lower(*structs).compile()
+    except Exception:  # noqa: BLE001  (the jitted step raises it again where it is called)
+      self._compiled = None
+
+  @property
+  def compiled(self) -> bool:
+    """Whether calls run the executable compiled in the background (waits for it)."""
+    self._thread.join()
+    return self._compiled is not None
+
+  def __call__(self, *args):
+    if self._ready is None:
+      self._ready = self._compiled if self.compiled else self._step
+    return self._ready(*args)
 
 
 def _model_inputs(batch: Batch) -> dict[str, Array]:
