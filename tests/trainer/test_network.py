@@ -166,7 +166,7 @@ def _loss_and_grads(model, params, enc, dec_in, tgt, **segments):
     logp = jax.nn.log_softmax(logits)
     picked = jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
     return -jnp.sum(picked * (tgt > 0)), logits
-  (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return value, logits, grads
 
 
