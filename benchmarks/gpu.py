@@ -7,7 +7,6 @@ against Hugging Face on the GPU. On a machine without a GPU every function here 
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Mapping, Optional
 
@@ -43,61 +42,86 @@ def peak_flops(device_kind: str) -> Optional[float]:
   return None
 
 
-def _cold_trainer(config: T5Config, device_batch_of, batch: Mapping[str, np.ndarray],
-                  log) -> tuple[RecastTrainer, dict[str, float]]:
-  """A trainer from nothing, its train step compiled ahead of time in a second thread
-  while the parameters are initialised (XLA compiles with the GIL released).
-
-  Returns the trainer (its first update done) and {"init_s", "compile_s",
-  "time_to_first_step_s"}: init and compile each from the start, first step = both done
-  plus one update.
-  """
+def _background_step(config: T5Config, batch: Mapping[str, np.ndarray],
+                     compiler_options: Optional[Mapping[str, Any]] = None):
+  """recast's train step for `config`, compiling now in a second thread
+  (`train_state.BackgroundCompiledStep`, as `recast train` does)."""
   import jax
-  from trainer import train_state
   from benchmarks import train_step as train_step_lib
-  start = time.perf_counter()
+  from trainer import train_state
   optimizer, partitioner, step = train_step_lib._jitted(config)  # noqa: SLF001
   abstract_state = train_state.abstract_train_state(config, optimizer, partitioner)
   abstract_batch = {name: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                sharding=partitioner.batch_sharding)
                     for name, x in batch.items()}
   abstract_rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=partitioner.replicated)
-  compiled: dict[str, Any] = {}
+  return train_state.BackgroundCompiledStep(step, abstract_state, abstract_batch,
+                                            abstract_rng, compiler_options=compiler_options)
 
-  def compile_step():
-    try:
-      compiled["step"] = step.lower(abstract_state, abstract_batch, abstract_rng).compile()
-    except Exception as e:  # noqa: BLE001  (reported by the main thread)
-      compiled["error"] = e
-    compiled["compile_s"] = time.perf_counter() - start
 
-  thread = threading.Thread(target=compile_step)
-  thread.start()
+def fast_init_state(config: T5Config):
+  """A train state whose parameters are slices of one normal draw (std 0.05): one RNG
+  kernel to compile instead of one per parameter tensor. For timing only (the values
+  differ from `network.init_params`'s)."""
+  import jax
+  from benchmarks import train_step as train_step_lib
+  from trainer import train_state
+  optimizer, partitioner, _ = train_step_lib._jitted(config)  # noqa: SLF001
+  abstract = train_state.abstract_train_state(config, optimizer, partitioner)
+  leaves, tree = jax.tree_util.tree_flatten(abstract.params)
+  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+
+  def draw(rng):
+    flat = jax.random.normal(rng, (sum(sizes),), np.float32) * 0.05
+    offsets = np.cumsum([0] + sizes)
+    return jax.tree_util.tree_unflatten(
+        tree, [flat[o:o + n].reshape(leaf.shape)
+               for o, n, leaf in zip(offsets, sizes, leaves)])
+  params = jax.jit(draw, out_shardings=jax.tree_util.tree_map(lambda x: x.sharding,
+                                                              abstract.params))(
+      jax.random.PRNGKey(0))
+  return train_state.create_train_state(config, optimizer, jax.random.PRNGKey(0),
+                                        partitioner, params=params)
+
+
+def _cold_trainer(config: T5Config, batch: Mapping[str, np.ndarray], log
+                  ) -> tuple[RecastTrainer, dict[str, float]]:
+  """A trainer from nothing, its train step compiled in a second thread while the
+  parameters are initialised (XLA compiles with Python's lock released).
+
+  Returns the trainer (its first update done) and {"init_s", "compile_s",
+  "time_to_first_step_s"}: init and compile each from the start, first step = both done
+  plus one update.
+  """
+  import jax
+  start = time.perf_counter()
+  step = _background_step(config, batch)
   trainer = RecastTrainer(config)
   jax.block_until_ready(trainer.state)
   init_s = time.perf_counter() - start
-  thread.join()
-  if "error" in compiled:
-    raise compiled["error"]
-  trainer.train_step = compiled["step"]
-  trainer.step(device_batch_of(trainer))
+  if not step.compiled:  # waits for the compilation; then the jitted step raises why
+    step(trainer.state, trainer.device_batch(batch), trainer.rng)
+  trainer.train_step = step
+  trainer.step(trainer.device_batch(batch))
   first = time.perf_counter() - start
-  log(f"  init {init_s:.1f}s, step compiled in {compiled['compile_s']:.1f}s (in parallel), "
+  compile_s = step.compile_seconds
+  log(f"  init {init_s:.1f}s, step compiled in {compile_s:.1f}s (in parallel), "
       f"first step done after {first:.1f}s")
-  return trainer, {"init_s": init_s, "compile_s": compiled["compile_s"],
-                   "time_to_first_step_s": first}
+  return trainer, {"init_s": init_s, "compile_s": compile_s, "time_to_first_step_s": first}
 
 
 def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, int] = T5_LENGTHS,
         batch_size: int = 64, repetitions: int = 10, steps_per_timing: int = 5,
-        state: Any = None, log=print) -> dict[str, Any]:
+        state: Any = None, compiler_options: Optional[Mapping[str, Any]] = None,
+        log=print) -> dict[str, Any]:
   """MFU of recast's train step (Adafactor, no padding) and, from nothing, the time to
   the first step.
 
   Each timing runs `steps_per_timing` updates dispatched back to back (the train loop's
   shape: the host queues the next step while the device runs one) and divides.
   `state`: start from a copy of it (same shapes) instead of from nothing; then no time to
-  first step is measured, only the step's compilation.
+  first step is measured, only the step's compilation (with `compiler_options`, XLA
+  options for it).
   MFU = train FLOPs per example x examples/s / (devices x peak).
   Also returns the trainer under "_trainer" (for a profile; not serialisable).
   """
@@ -108,11 +132,15 @@ def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, in
   batch = synthetic_batch(batch_size=batch_size, task_feature_lengths=task_feature_lengths,
                           vocab_size=32000)
   if state is None:
-    trainer, startup = _cold_trainer(config, lambda t: t.device_batch(batch), batch, log)
+    trainer, startup = _cold_trainer(config, batch, log)
     device_batch = trainer.device_batch(batch)
   else:
     start = time.perf_counter()
     trainer = RecastTrainer(config, state=state)
+    trainer.train_step = _background_step(config, batch, compiler_options)
+    if compiler_options and not trainer.train_step.compiled:
+      raise RuntimeError(f"compiling with {dict(compiler_options)} failed: "
+                         f"{trainer.train_step.error}")
     device_batch = trainer.device_batch(batch)
     trainer.step(device_batch)
     startup = {"compile_and_first_step_s": time.perf_counter() - start}
@@ -127,6 +155,7 @@ def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, in
   achieved = flop_count.train * batch_size / step_s
   return {"device_kind": kind, "num_devices": jax.device_count(), "model": config.to_dict(),
           "attention": config.attention_implementation, "batch_size": batch_size,
+          "compiler_options": dict(compiler_options or {}),
           "task_feature_lengths": dict(task_feature_lengths), **startup,
           "steps_per_timing": steps_per_timing,
           "step_seconds": measure.summarize([s / steps_per_timing for s in seconds]),
@@ -268,6 +297,13 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_sizes", default="128,256",
                       help="T5.1.1-base 512/114 batch sizes for MFU: every kernel of --attention "
                       "at the first size, then the first kernel at the others")
+  parser.add_argument("--compiler_options", default="[]",
+                      help="JSON list of XLA option dicts, each timed as a variant of the "
+                      "first kernel at the first batch size, e.g. "
+                      "'[{\"xla_gpu_enable_triton_gemm\": false}]'")
+  parser.add_argument("--fast_init", action="store_true",
+                      help="parameters from one normal draw (no cold start measured; "
+                      "saves the ~2 minutes of compiling the real initialisation)")
   parser.add_argument("--step_batch", type=int, default=32,
                       help="batch of the recast vs Hugging Face comparison; 0 skips it")
   parser.add_argument("--repetitions", type=int, default=5)
@@ -318,22 +354,29 @@ def main(argv=None) -> int:
 
   attentions = [a for a in args.attention.split(",") if a]
   batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-  runs = [(a, batch_sizes[0]) for a in attentions] + [(attentions[0], b)
-                                                      for b in batch_sizes[1:]]
+  options = json.loads(args.compiler_options)
+  runs = ([(a, batch_sizes[0], {}) for a in attentions]
+          + [(attentions[0], batch_sizes[0], o) for o in options]
+          + [(attentions[0], b, {}) for b in batch_sizes[1:]])
   state, profiled = None, False
-  for index, (attention, batch_size) in enumerate(runs):
+  if args.fast_init:
+    start = time.perf_counter()
+    state = fast_init_state(T5_1_1_BASE.replace(attention_implementation=attentions[0]))
+    results["fast_init_s"] = time.perf_counter() - start
+    print(f"fast init: {results['fast_init_s']:.1f}s", flush=True)
+  for index, (attention, batch_size, opts) in enumerate(runs):
     if index == len(attentions) and args.numerics and in_budget("numerics"):
-      numerics()  # before the larger batches: it decides whether cuDNN's numbers hold
-    if not in_budget(f"mfu {attention} batch {batch_size}"):
+      numerics()  # before the other variants: it decides whether cuDNN's numbers hold
+    if not in_budget(f"mfu {attention} batch {batch_size} {opts}"):
       break
-    print(f"mfu: attention {attention}, batch {batch_size}", flush=True)
+    print(f"mfu: attention {attention}, batch {batch_size}, options {opts}", flush=True)
     try:
       r = mfu(config=T5_1_1_BASE.replace(attention_implementation=attention),
               task_feature_lengths=T5_LENGTHS, batch_size=batch_size,
               repetitions=args.repetitions, steps_per_timing=args.steps_per_timing,
-              state=state)
+              state=state, compiler_options=opts)
     except Exception as e:  # noqa: BLE001  (out of memory at a large batch is a result)
-      r = {"batch_size": batch_size, "attention": attention,
+      r = {"batch_size": batch_size, "attention": attention, "compiler_options": opts,
            "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
     trainer_and_batch = r.pop("_trainer", None)
     if (trainer_and_batch and args.profile_dir and not profiled

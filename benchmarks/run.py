@@ -209,7 +209,9 @@ def print_gpu(result: dict) -> None:
                f"{result['init_s']:.1f}s, step compiled in {result['compile_s']:.1f}s)")
   else:
     startup = f"compiled and first step in {result['compile_and_first_step_s']:.1f}s"
-  print(f"\ngpu: {result['device_kind']} T5.1.1-base bf16, {result['attention']} attention, "
+  options = f", XLA options {result['compiler_options']}" if result.get("compiler_options") else ""
+  print(f"\ngpu: {result['device_kind']} T5.1.1-base bf16, {result['attention']} attention"
+        f"{options}, "
         f"batch {result['batch_size']} x {_lengths(result['task_feature_lengths'])}: "
         f"{result['step_seconds']['median_s'] * 1e3:.1f} ms/step, "
         f"{result['examples_per_s']:.1f} ex/s, {result['achieved_tflop_per_s']:.1f} TFLOP/s, "
