@@ -59,31 +59,6 @@ def _background_step(config: T5Config, batch: Mapping[str, np.ndarray],
                                             abstract_rng, compiler_options=compiler_options)
 
 
-def fast_init_state(config: T5Config):
-  """A train state whose parameters are slices of one normal draw (std 0.05): one RNG
-  kernel to compile instead of one per parameter tensor. For timing only (the values
-  differ from `network.init_params`'s)."""
-  import jax
-  from benchmarks import train_step as train_step_lib
-  from trainer import train_state
-  optimizer, partitioner, _ = train_step_lib._jitted(config)  # noqa: SLF001
-  abstract = train_state.abstract_train_state(config, optimizer, partitioner)
-  leaves, tree = jax.tree_util.tree_flatten(abstract.params)
-  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
-
-  def draw(rng):
-    flat = jax.random.normal(rng, (sum(sizes),), np.float32) * 0.05
-    offsets = np.cumsum([0] + sizes)
-    return jax.tree_util.tree_unflatten(
-        tree, [flat[o:o + n].reshape(leaf.shape)
-               for o, n, leaf in zip(offsets, sizes, leaves)])
-  params = jax.jit(draw, out_shardings=jax.tree_util.tree_map(lambda x: x.sharding,
-                                                              abstract.params))(
-      jax.random.PRNGKey(0))
-  return train_state.create_train_state(config, optimizer, jax.random.PRNGKey(0),
-                                        partitioner, params=params)
-
-
 def _cold_trainer(config: T5Config, batch: Mapping[str, np.ndarray], log
                   ) -> tuple[RecastTrainer, dict[str, float]]:
   """A trainer from nothing, its train step compiled in a second thread while the
@@ -301,9 +276,6 @@ def main(argv=None) -> int:
                       help="JSON list of XLA option dicts, each timed as a variant of the "
                       "first kernel at the first batch size, e.g. "
                       "'[{\"xla_gpu_enable_triton_gemm\": false}]'")
-  parser.add_argument("--fast_init", action="store_true",
-                      help="parameters from one normal draw (no cold start measured; "
-                      "saves the ~2 minutes of compiling the real initialisation)")
   parser.add_argument("--step_batch", type=int, default=32,
                       help="batch of the recast vs Hugging Face comparison; 0 skips it")
   parser.add_argument("--repetitions", type=int, default=5)
@@ -359,11 +331,6 @@ def main(argv=None) -> int:
           + [(attentions[0], batch_sizes[0], o) for o in options]
           + [(attentions[0], b, {}) for b in batch_sizes[1:]])
   state, profiled = None, False
-  if args.fast_init:
-    start = time.perf_counter()
-    state = fast_init_state(T5_1_1_BASE.replace(attention_implementation=attentions[0]))
-    results["fast_init_s"] = time.perf_counter() - start
-    print(f"fast init: {results['fast_init_s']:.1f}s", flush=True)
   for index, (attention, batch_size, opts) in enumerate(runs):
     if index == len(attentions) and args.numerics and in_budget("numerics"):
       numerics()  # before the other variants: it decides whether cuDNN's numbers hold

@@ -146,3 +146,29 @@ def test_gpu_benchmark_skips_without_a_gpu(capsys):
   assert gpu.main(["--numerics", "--profile_dir", "/nonexistent"]) == 0
   assert "gpu: skipped (no GPU: JAX backend is 'cpu'" in capsys.readouterr().out
   assert "skipped" in gpu.mfu(batch_size=2) and "skipped" in gpu.attention_numerics()
+
+
+def test_gpu_benchmark_flow_on_cpu(monkeypatch, tmp_path, capsys):
+  """`python -m benchmarks.gpu`'s whole flow with the GPU check bypassed and a toy model:
+  cold start with the step compiled in the background, a warm kernel variant, an XLA
+  option variant, a bad option (reported, not fatal), a larger batch, JSON written."""
+  from benchmarks import gpu
+  monkeypatch.setattr(gpu, "gpu_skip_reason", lambda: None)
+  monkeypatch.setattr(gpu, "T5_1_1_BASE", TINY.replace(vocab_size=512, dtype="bfloat16"))
+  monkeypatch.setattr(gpu, "T5_LENGTHS", {"inputs": 16, "targets": 8})
+  out = tmp_path / "gpu.json"
+  assert gpu.main(["--attention=xla,cudnn", "--batch_sizes=4,8", "--step_batch=0",
+                   "--repetitions=1", "--steps_per_timing=2", f"--out={out}",
+                   "--compiler_options=[{\"xla_cpu_enable_fast_math\": false}, "
+                   "{\"xla_no_such_option\": 1}]"]) == 0
+  runs = json.loads(out.read_text())["mfu"]
+  assert [(r["attention"], r["batch_size"]) for r in runs] == [
+      ("xla", 4), ("cudnn", 4), ("xla", 4), ("xla", 4), ("xla", 8)]
+  cold, cudnn, option, bad, larger = runs
+  assert cold["time_to_first_step_s"] >= max(cold["init_s"], cold["compile_s"]) > 0
+  assert "needs a GPU" in cudnn["skipped"]  # 'cudnn' off a GPU says why
+  assert option["compiler_options"] == {"xla_cpu_enable_fast_math": False}
+  assert "compile_and_first_step_s" in option and option["step_seconds"]["n"] == 1
+  assert "No such compile option" in bad["skipped"]
+  assert larger["examples_per_s"] > 0 and larger["mfu"] is None  # no peak known for a CPU
+  assert "XLA options {'xla_cpu_enable_fast_math': False}" in capsys.readouterr().out
