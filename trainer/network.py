@@ -264,7 +264,7 @@ class Attention(nn.Module):
   `config.attention_implementation` picks the kernel: XLA's einsums with a float32
   softmax (T5X's numerics), or cuDNN's fused flash attention, which never writes the
   [b, heads, q, k] scores to memory (the position bias enters in the activation dtype).
-  Decoding steps always use XLA.
+  Decoding steps (the cache, or one query position) always use XLA.
   """
 
   config: T5Config
@@ -278,8 +278,8 @@ class Attention(nn.Module):
 
   def _implementation(self, query_length, key_length, has_position_bias, dropout, decode):
     cfg = self.config
-    if cfg.attention_implementation == "xla" or decode:
-      return "xla"
+    if cfg.attention_implementation == "xla" or decode or query_length == 1:
+      return "xla"  # decoding steps (one query position) gain nothing from a flash kernel
     problem = cudnn_attention_problem(cfg, query_length=query_length, key_length=key_length,
                                       has_position_bias=has_position_bias, dropout=dropout)
     if problem is None:

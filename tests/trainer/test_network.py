@@ -229,3 +229,22 @@ def test_attention_implementation_choice():
     assert "dropout" in problem(bf16, dropout=True)
     assert "even lengths" in problem(bf16, query_length=7)
     assert problem(bf16, query_length=7, has_position_bias=False) is None
+
+
+def test_decoding_steps_use_xla_attention(fused_attention_on_cpu):
+  cfg = TINY.replace(attention_implementation="cudnn")
+  params = nn.unbox(network.init_params(TINY.replace(attention_implementation="xla"),
+                                        jax.random.PRNGKey(0)))
+  model = network.Transformer(cfg)
+  enc, dec_in = jnp.array([[5, 6, 7, 1]]), jnp.array([[0, 8, 9, 10]])
+  encoded = model.apply({"params": params}, enc, method=model.encode)
+  assert len(fused_attention_on_cpu) == TINY.num_encoder_layers
+  cache = model.init(jax.random.PRNGKey(0), encoded, enc, dec_in, method=model.decode,
+                     decode=True)["cache"]
+  fused_attention_on_cpu.clear()
+  logits, _ = model.apply({"params": params, "cache": cache}, encoded, enc, dec_in[:, :1],
+                          method=model.decode, decode=True, mutable=["cache"])
+  assert fused_attention_on_cpu == []  # neither the cached self- nor the 1-query cross-attention
+  full = network.Transformer(TINY.replace(attention_implementation="xla")).apply(
+      {"params": params}, enc, dec_in, jnp.ones_like(dec_in))
+  np.testing.assert_allclose(logits[:, 0], full[:, 0], atol=1e-5)
