@@ -52,7 +52,7 @@ from trainer.network import T5Config
 
 RULES = ("mean", "examples")
 # T5Config fields that change no parameter shape: they may differ between fused models.
-NON_ARCHITECTURE_FIELDS = ("dropout_rate", "dtype")
+NON_ARCHITECTURE_FIELDS = ("dropout_rate", "dtype", "attention_implementation")
 DONE = "DONE"
 SETTINGS_FILE = "fusion.json"
 EVENTS_FILE = "events.jsonl"
