@@ -59,6 +59,14 @@ def _background_step(config: T5Config, batch: Mapping[str, np.ndarray],
                                             abstract_rng, compiler_options=compiler_options)
 
 
+def _compiled(step):
+  """`step` (a BackgroundCompiledStep) once its compilation is done; raises why it failed
+  rather than timing a fallback."""
+  if not step.compiled:
+    raise RuntimeError(f"the train step did not compile: {step.error}")
+  return step
+
+
 def _cold_trainer(config: T5Config, batch: Mapping[str, np.ndarray], log
                   ) -> tuple[RecastTrainer, dict[str, float]]:
   """A trainer from nothing, its train step compiled in a second thread while the
@@ -74,9 +82,7 @@ def _cold_trainer(config: T5Config, batch: Mapping[str, np.ndarray], log
   trainer = RecastTrainer(config)
   jax.block_until_ready(trainer.state)
   init_s = time.perf_counter() - start
-  if not step.compiled:  # waits for the compilation; then the jitted step raises why
-    step(trainer.state, trainer.device_batch(batch), trainer.rng)
-  trainer.train_step = step
+  trainer.train_step = _compiled(step)
   trainer.step(trainer.device_batch(batch))
   first = time.perf_counter() - start
   compile_s = step.compile_seconds
@@ -112,10 +118,7 @@ def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, in
   else:
     start = time.perf_counter()
     trainer = RecastTrainer(config, state=state)
-    trainer.train_step = _background_step(config, batch, compiler_options)
-    if compiler_options and not trainer.train_step.compiled:
-      raise RuntimeError(f"compiling with {dict(compiler_options)} failed: "
-                         f"{trainer.train_step.error}")
+    trainer.train_step = _compiled(_background_step(config, batch, compiler_options))
     device_batch = trainer.device_batch(batch)
     trainer.step(device_batch)
     startup = {"compile_and_first_step_s": time.perf_counter() - start}
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="JSON path for every number")
   args = parser.parse_args(argv)
   clock = time.perf_counter()
-  from benchmarks import run, train_step  # run first: its import sets JAX's GPU allocator
+  from benchmarks import run, trace_summary, train_step  # run first: it sets JAX's allocator
   import jax
   backend_start = time.perf_counter()
   reason = gpu_skip_reason()
@@ -353,11 +356,10 @@ def main(argv=None) -> int:
         results["profile"] = profile(*trainer_and_batch, args.profile_dir)
       except Exception as e:  # noqa: BLE001
         results["profile"] = {"skipped": f"{type(e).__name__}: {str(e)[:300]}"}
-      print("profile:", json.dumps({k: v for k, v in results["profile"].items()
-                                    if k != "top_kernels"}), flush=True)
-      for row in results["profile"].get("top_kernels", [])[:25]:
-        print(f"  {row['ms_per_step']:8.2f} ms/step  x{row['count_per_step']:<5.0f} "
-              f"{row['category']:<10} {row['name'][:90]}")
+      summary = results["profile"]
+      print("profile:", summary.get("skipped") or "\n".join(
+          [summary["trace"]] + trace_summary.format_summary(summary, top=25)),
+          flush=True)
     if trainer_and_batch and state is None:  # later runs start from it (no second init)
       state = trainer_and_batch[0].state
     del trainer_and_batch

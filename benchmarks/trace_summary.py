@@ -90,6 +90,17 @@ def summarize(path: str, *, steps: int = 1) -> dict[str, Any]:
                           for name, us in total.most_common(60)]}
 
 
+def format_summary(s: dict[str, Any], *, top: int = 30) -> list[str]:
+  """The lines that print a `summarize` result: totals, per category, the top kernels."""
+  lines = [f"{s['kernels_per_step']:.0f} kernels/step, kernel time "
+           f"{s['kernel_ms_per_step']:.2f} ms/step, device busy {s['busy_ms_per_step']:.2f} of "
+           f"{s['span_ms_per_step']:.2f} ms"]
+  lines += [f"  {name:<10} {ms:8.2f} ms/step" for name, ms in s["by_category"].items()]
+  lines += [f"  {row['ms_per_step']:8.2f} ms  x{row['count_per_step']:<6.0f} "
+            f"{row['category']:<10} {row['name'][:100]}" for row in s["top_kernels"][:top]]
+  return lines
+
+
 def main(argv=None) -> int:
   """`python -m benchmarks.trace_summary TRACE [--steps N]`: prints the summary."""
   import argparse
@@ -99,14 +110,7 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=1)
   parser.add_argument("--top", type=int, default=30)
   args = parser.parse_args(argv)
-  s = summarize(args.trace, steps=args.steps)
-  print(f"{s['kernels_per_step']:.0f} kernels/step, kernel time {s['kernel_ms_per_step']:.2f} "
-        f"ms/step, device busy {s['busy_ms_per_step']:.2f} of {s['span_ms_per_step']:.2f} ms")
-  for name, ms in s["by_category"].items():
-    print(f"  {name:<10} {ms:8.2f} ms/step")
-  for row in s["top_kernels"][:args.top]:
-    print(f"  {row['ms_per_step']:8.2f} ms  x{row['count_per_step']:<6.0f} {row['category']:<10} "
-          f"{row['name'][:100]}")
+  print("\n".join(format_summary(summarize(args.trace, steps=args.steps), top=args.top)))
   return 0
 
 

@@ -77,10 +77,7 @@ class RecastTrainer:
 
   def step(self, device_batch: Mapping[str, Any]) -> float:
     """One update; blocks until it is done and returns its loss."""
-    import jax
-    self.state, metrics = self.train_step(self.state, device_batch, self.rng)
-    jax.block_until_ready(self.state)
-    return float(metrics["loss"])
+    return self.steps(device_batch, 1)
 
   def steps(self, device_batch: Mapping[str, Any], count: int) -> float:
     """`count` updates dispatched back to back, as `recast train` runs them (the host

@@ -111,7 +111,7 @@ def test_benchmark_run_writes_every_section(shared_data, tmp_path, capsys):
     assert 0 < packed[kind]["non_padding"] <= 1 and packed[kind]["examples_per_row"] >= 1
 
 
-def test_trace_summary_counts_device_stream_kernels(tmp_path):
+def test_trace_summary_counts_device_stream_kernels(tmp_path, capsys):
   import gzip
   from benchmarks import trace_summary
   meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind,
@@ -139,6 +139,9 @@ def test_trace_summary_counts_device_stream_kernels(tmp_path):
   assert s["by_category"] == pytest.approx({"gemm": 0.1, "attention": 0.03, "fusion": 0.025})
   assert s["top_kernels"][0] == {"name": "sm90_xmma_gemm_bf16bf16_bf16f32", "category": "gemm",
                                  "ms_per_step": pytest.approx(0.1), "count_per_step": 1.0}
+  assert trace_summary.main([str(path), "--steps", "2"]) == 0
+  assert "2 kernels/step, kernel time 0.15 ms/step, device busy 0.14 of 0.20 ms" in (
+      capsys.readouterr().out)
 
 
 def test_gpu_benchmark_skips_without_a_gpu(capsys):
@@ -150,8 +153,8 @@ def test_gpu_benchmark_skips_without_a_gpu(capsys):
 
 def test_gpu_benchmark_flow_on_cpu(monkeypatch, tmp_path, capsys):
   """`python -m benchmarks.gpu`'s whole flow with the GPU check bypassed and a toy model:
-  cold start with the step compiled in the background, a warm kernel variant, an XLA
-  option variant, a bad option (reported, not fatal), a larger batch, JSON written."""
+  cold start with the step compiled in the background, a profile, a warm kernel variant,
+  an XLA option variant, a bad option (reported, not fatal), a larger batch, JSON written."""
   from benchmarks import gpu
   monkeypatch.setattr(gpu, "gpu_skip_reason", lambda: None)
   monkeypatch.setattr(gpu, "T5_1_1_BASE", TINY.replace(vocab_size=512, dtype="bfloat16"))
@@ -159,6 +162,7 @@ def test_gpu_benchmark_flow_on_cpu(monkeypatch, tmp_path, capsys):
   out = tmp_path / "gpu.json"
   assert gpu.main(["--attention=xla,cudnn", "--batch_sizes=4,8", "--step_batch=0",
                    "--repetitions=1", "--steps_per_timing=2", f"--out={out}",
+                   f"--profile_dir={tmp_path / 'profile'}",
                    "--compiler_options=[{\"xla_cpu_enable_fast_math\": false}, "
                    "{\"xla_no_such_option\": 1}]"]) == 0
   runs = json.loads(out.read_text())["mfu"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import math
 import os
 import sys
@@ -337,16 +338,19 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   train_step = (train_step_factory or train_state_lib.make_train_step)(
       model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
       label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
-  batches = train_dataset(
+  local_batches = train_dataset(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
       use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
       num_shards=layout.num_shards, start_batch=data_position,
       packer=packer).as_numpy_iterator()
-  first_batch = next(batches)
+  # (this process's batch, the global batch on the mesh), the first one sharded once.
+  batches = ((local, partitioner.shard_batch(local)) for local in local_batches)
+  first = next(batches)
+  batches = itertools.chain([first], batches)
   if hasattr(train_step, "lower"):  # a jitted step (factories may return other callables)
-    train_step = train_state_lib.BackgroundCompiledStep(
-        train_step, abstract_state, partitioner.shard_batch(first_batch), dropout_rng)
+    train_step = train_state_lib.BackgroundCompiledStep(train_step, abstract_state, first[1],
+                                                        dropout_rng)
   if resume_step is not None:
     state, _ = checkpoints.restore(resume_step, abstract_state)
     if is_chief:
@@ -370,8 +374,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   pending = None  # The last step's metrics, fetched after the next step is dispatched.
   try:
     for step in range(start_step + 1, train_steps + 1):
-      local, first_batch = (first_batch if first_batch is not None else next(batches)), None
-      state, metrics = train_step(state, partitioner.shard_batch(local), dropout_rng)
+      local, batch = next(batches)
+      state, metrics = train_step(state, batch, dropout_rng)
       if pending is not None:
         window.append(_fetch_finite(*pending, checkpoints=checkpoints))
       pending = (step, metrics)
