@@ -14,8 +14,8 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.train_step import RecastTrainer, synthetic_batch
-from trainer import flops
-from trainer.network import T5Config
+from recast.trainer import flops
+from recast.trainer.network import T5Config
 
 # Dense bf16 datasheet peaks, FLOP/s per chip (H100/H200 SXM: 989 TFLOP/s).
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -48,7 +48,7 @@ def _background_step(config: T5Config, batch: Mapping[str, np.ndarray],
   (`train_state.BackgroundCompiledStep`, as `recast train` does)."""
   import jax
   from benchmarks import train_step as train_step_lib
-  from trainer import train_state
+  from recast.trainer import train_state
   optimizer, partitioner, step = train_step_lib._jitted(config)  # noqa: SLF001
   abstract_state = train_state.abstract_train_state(config, optimizer, partitioner)
   abstract_batch = {name: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -159,7 +159,7 @@ def attention_numerics(*, batch_size: int = 8, lengths: Mapping[str, int] = None
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  from trainer import losses, network
+  from recast.trainer import losses, network
   lengths = lengths or {"inputs": 128, "targets": 32}
   base = T5Config(vocab_size=32128, d_model=512, num_heads=8, d_kv=64, d_ff=1024,
                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
@@ -311,7 +311,7 @@ def main(argv=None) -> int:
 
   def save():
     if args.out:
-      from trainer import atomic_files
+      from recast import atomic_files
       atomic_files.write_json(args.out, results)
 
   def in_budget(section: str) -> bool:

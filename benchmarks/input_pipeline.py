@@ -1,4 +1,4 @@
-"""Can the input pipeline keep the trainer fed? Examples/s of `trainer.train.train_dataset`
+"""Can the input pipeline keep the trainer fed? Examples/s of `recast.trainer.input_pipeline.train_dataset`
 (seqio tokenize -> objective -> pack -> batch) against the examples/s the train step
 consumes at the benchmark model size, and the fraction of a real loop's time spent waiting
 for the next batch."""
@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 from benchmarks import measure
 from benchmarks.train_step import RecastTrainer
-from trainer import train as train_lib
-from trainer.network import T5Config
+from recast.trainer import input_pipeline
+from recast.trainer.network import T5Config
 
 
 def pipeline_throughput(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -23,7 +23,7 @@ def pipeline_throughput(*, mixture_or_task_name: str, task_feature_lengths: Mapp
   the next `num_batches` batches.
   """
   start = time.perf_counter()
-  batches = train_lib.train_dataset(
+  batches = input_pipeline.train_dataset(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=batch_size, seed=seed).as_numpy_iterator()
   next(batches)
@@ -31,7 +31,7 @@ def pipeline_throughput(*, mixture_or_task_name: str, task_feature_lengths: Mapp
   start = time.perf_counter()
   examples = tokens = 0
   for _ in range(num_batches):
-    e, t = train_lib.batch_counts(next(batches))
+    e, t = input_pipeline.batch_counts(next(batches))
     examples, tokens = examples + e, tokens + t
   seconds = time.perf_counter() - start
   return {"startup_s": startup, "batches": num_batches, "seconds": seconds,
@@ -51,13 +51,13 @@ def train_loop_input_wait(*, config: T5Config, mixture_or_task_name: str,
      step); `input_wait_fraction` = time blocked in next() / loop time.
   """
   trainer = RecastTrainer(config, seed=seed)
-  stream = train_lib.train_dataset(
+  stream = input_pipeline.train_dataset(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=batch_size, seed=seed).as_numpy_iterator()
   ready = [next(stream) for _ in range(num_steps)]
   device_batches = [trainer.device_batch(b) for b in ready]
   trainer.step(device_batches[0])  # compile
-  examples = sum(train_lib.batch_counts(b)[0] for b in ready)
+  examples = sum(input_pipeline.batch_counts(b)[0] for b in ready)
   seconds = measure.interleaved_seconds(
       {"step": lambda c=iter(range(10**9)): trainer.step(device_batches[next(c) % num_steps])},
       repetitions=num_steps, warmup=0)["step"]
@@ -65,7 +65,7 @@ def train_loop_input_wait(*, config: T5Config, mixture_or_task_name: str,
   consumption = examples / num_steps / step_s
   log(f"  step alone: {step_s:.3f}s/step = {consumption:.1f} examples/s")
 
-  fresh = train_lib.train_dataset(
+  fresh = input_pipeline.train_dataset(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=batch_size, seed=seed + 1).as_numpy_iterator()
   next(fresh)  # start-up is not steady-state waiting

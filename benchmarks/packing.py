@@ -19,8 +19,8 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks.train_step import HFTrainer, RecastTrainer
-from trainer import train as train_lib
-from trainer.network import T5Config
+from recast.trainer import input_pipeline
+from recast.trainer.network import T5Config
 
 GLUE4 = ("glue_rte", "glue_mrpc", "glue_cola", "glue_sst2")
 GLUE4_MIXTURE = "bench_glue4"
@@ -30,8 +30,7 @@ def register_glue4_mixture() -> str:
   """`bench_glue4`: RTE, MRPC, CoLA and SST-2, examples-proportional (T5's mixing, no cap);
   lengths range from 2-word CoLA sentences to 300-token RTE pairs."""
   import seqio
-  from mixtures import rates
-  train_lib.register_tasks()
+  from recast.mixtures import rates
   if GLUE4_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(GLUE4_MIXTURE, list(GLUE4),
                               default_rate=rates.examples_proportional())
@@ -44,7 +43,7 @@ def non_padding(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
   Returns {"inputs_tokens", "inputs_slots", "targets_tokens", "targets_slots", "examples"}.
   """
   inputs, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
-  examples, _ = train_lib.batch_counts(batch)
+  examples, _ = input_pipeline.batch_counts(batch)
   return {"inputs_tokens": int(np.sum(inputs > 0)), "inputs_slots": int(inputs.size),
           "targets_tokens": int(np.sum(targets > 0)), "targets_slots": int(targets.size),
           "examples": examples}
@@ -73,7 +72,7 @@ def packed_batches(*, mixture_or_task_name: str, task_feature_lengths: Mapping[s
                    packer: str = "first_fit") -> list[dict[str, np.ndarray]]:
   """The first `num_batches` batches `recast train` would see (trainer.train.train_dataset,
   packed by `packer`, shuffled)."""
-  ds = train_lib.train_dataset(mixture_or_task_name=mixture_or_task_name,
+  ds = input_pipeline.train_dataset(mixture_or_task_name=mixture_or_task_name,
                                task_feature_lengths=task_feature_lengths,
                                batch_size=batch_size, seed=seed, pack=True, packer=packer)
   return list(ds.take(num_batches).as_numpy_iterator())

@@ -222,8 +222,8 @@ def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: 
                    data_dir: str, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Runs `sections` at `preset` sizes; returns {section: results} (printed as it goes)."""
   from benchmarks import gpu, input_pipeline, packing, train_step, vocabulary
-  from tasks import vocabularies
-  from trainer.network import T5Config
+  from recast.tasks import vocabularies
+  from recast.trainer.network import T5Config
 
   vocab = vocabulary.benchmark_vocabulary(vocabulary_name, data_dir=data_dir)
   config = T5Config(**preset.model).with_vocab_size(vocab.vocab_size)
@@ -325,7 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   out = Path(args.out) if args.out else (
       REPO / "benchmarks" / "results" /
       f"{datetime.datetime.now().strftime('%Y-%m-%dT%H%M')}.json")
-  from trainer import atomic_files
+  from recast import atomic_files
   out.parent.mkdir(parents=True, exist_ok=True)
   atomic_files.write_json(out, {"meta": meta, **results})
   print(f"\nwrote {out} ({meta['seconds']:.0f}s)")

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from benchmarks import measure
-from trainer import flops, network, optimizers, train_state
-from trainer.network import T5Config
-from trainer.partitioning import Partitioner
+from recast.trainer import flops, network, optimizers, train_state
+from recast.trainer.network import T5Config
+from recast.trainer.partitioning import Partitioner
 
 LEARNING_RATE = 1e-3  # T5X's fine-tuning constant; both sides use it.
 

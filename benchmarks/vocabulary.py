@@ -12,7 +12,7 @@ from typing import Iterator
 
 import seqio
 
-from tasks import vocab_build, vocabularies
+from recast.tasks import vocab_build, vocabularies
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WIKIPEDIA_FILES = "text/wikipedia_en/part-*.txt"

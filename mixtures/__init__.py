@@ -4,6 +4,6 @@
 GLUE and SuperGLUE (mixtures/benchmarks.py), dspt14 and recycling36 (mixtures/studies.py).
 """
 
-from mixtures import benchmarks  # noqa: F401  (glue, super_glue, glue_super_glue, ...)
-from mixtures import studies  # noqa: F401  (dspt14, recycling36)
-from mixtures.benchmarks import leave_one_out, multitask_pretraining  # noqa: F401  (gin)
+from recast.mixtures import benchmarks  # noqa: F401  (glue, super_glue, glue_super_glue, ...)
+from recast.mixtures import studies  # noqa: F401  (dspt14, recycling36)
+from recast.mixtures.benchmarks import leave_one_out, multitask_pretraining  # noqa: F401  (gin)

@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 
 import seqio
 
-from trainer.errors import UserError
+from recast.errors import UserError
 
 
 class MixingRateError(UserError):

@@ -15,8 +15,8 @@ does not give) makes the rate an error naming it, never a silent fallback.
 
 from __future__ import annotations
 
-from mixtures import benchmarks
-from tasks import dspt, recycling
+from recast.mixtures import benchmarks
+from recast.tasks import dspt, recycling
 
 MAXIMUM = 2**16
 

@@ -23,8 +23,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import glue, metrics, postprocessors, specs  # noqa: F401  (glue: qqp, mnli)
-from tasks.specs import TextTaskSpec, t5_inputs_template
+from recast.tasks import glue, metrics, postprocessors, specs  # noqa: F401  (glue: qqp, mnli)
+from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 # OntoNotes 5 entity types in the order of the CoNLL-2012 BIO tag ids (tag 2k+1 = B-type k,
 # 2k+2 = I-type k, 0 = O), as `conll2012_ontonotesv5` numbers them.

@@ -7,8 +7,8 @@ cast like MNLI so an MNLI model can be scored on it.
 
 from __future__ import annotations
 
-from tasks import specs
-from tasks.specs import TextTaskSpec, t5_inputs_template
+from recast.tasks import specs
+from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 GLUE_VERSION = "2.0.0"
 _NLI = ("entailment", "neutral", "contradiction")

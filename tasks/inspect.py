@@ -9,18 +9,19 @@ as stable JSON for scripts (keys sorted; one object for `list`, one for `show`).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import seqio
 
-from tasks import sources, specs, vocabularies
-from trainer import errors, gin_config
+from recast import errors, gin_config
+from recast.mixtures import lookup, rates
+from recast.tasks import pretraining, sources, specs, vocabularies
 
+# What `show` cuts a pretraining objective's text to when TASK_FEATURE_LENGTHS is unbound:
+# T5's span-corruption lengths (512 tokens in, 114 out).
+DERIVED_TASK_LENGTHS = {"inputs": 512, "targets": 114}
 
-class UnknownTaskError(errors.UserError):
-  """A task or mixture name that is not registered."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +53,8 @@ def _task_splits(task: seqio.Task) -> list[str]:
 
 
 def list_tasks() -> dict[str, Any]:
-  """{"tasks": [{name, source, splits, metrics, description}], "mixtures": [...]}."""
+  """{"tasks": [{name, source, splits, metrics, description}], "mixtures": [...],
+  "derived_objectives": [...]} (every text task T also has T_<objective>)."""
   rows = []
   for name in sorted(seqio.TaskRegistry.names()):
     task = seqio.TaskRegistry.get(name)
@@ -66,24 +68,13 @@ def list_tasks() -> dict[str, Any]:
   for name in sorted(seqio.MixtureRegistry.names()):
     mixture = seqio.MixtureRegistry.get(name)
     mixtures.append({"name": name, "tasks": sorted(t.name for t in mixture.tasks)})
-  return {"tasks": rows, "mixtures": mixtures}
+  return {"tasks": rows, "mixtures": mixtures, "derived_objectives": lookup.derived_objectives()}
 
-
-def resolve_name(name: str) -> seqio.DatasetProviderBase:
-  """The task or mixture `name`; UnknownTaskError with close matches otherwise."""
-  known = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
-  if name in known:
-    return seqio.get_mixture_or_task(name)
-  close = difflib.get_close_matches(name, known, n=3)
-  hint = f"; did you mean {', '.join(close)}?" if close else \
-      "; `recast tasks list` shows them all"
-  raise UnknownTaskError(f"no task or mixture named {name!r}{hint}")
 
 
 def mixture_rates(mixture: seqio.Mixture) -> dict[str, dict[str, float]]:
   """{task: {"rate": its mixing rate, "fraction": its share of the samples}}; raises
   MixingRateError (naming the task) when a rate cannot be computed."""
-  from mixtures import rates
   fractions = rates.normalized_rates(mixture)
   return {t.name: {"rate": float(mixture.get_rate(t)), "fraction": fractions[t.name]}
           for t in mixture.tasks}
@@ -93,7 +84,7 @@ def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict
   """Rendered examples: {"name", "split", "source", "examples": [{task, inputs, targets,
   inputs_ids, targets_ids, inputs_length, targets_length}]} (lengths count EOS); for a
   mixture also "rates" (`mixture_rates`). Tasks are read in order until `n` examples."""
-  provider = resolve_name(name)
+  provider = lookup.get_mixture_or_task(name)
   rates = mixture_rates(provider) if isinstance(provider, seqio.Mixture) else None
   task_list = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   splits = _task_splits(task_list[0])
@@ -107,9 +98,9 @@ def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict
           f"task {task.name!r} has no split {split!r}; available: "
           f"{', '.join(_task_splits(task))}")
     per_task = max(1, n // len(task_list)) if len(task_list) > 1 else n
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+    ds = task.get_dataset(sequence_length=_sequence_length(task), split=split, shuffle=False)
     for ex in ds.take(per_task).as_numpy_iterator():
-      examples.append(_example_row(task.name, ex))
+      examples.append(_example_row(task, ex))
   shown = {"name": name, "split": split, "source": _source_description(task_list[0]),
            "vocabulary": {k: v for k, v in vocabularies.describe(
                vocabularies.TASK_VOCABULARY).items() if k != "path"},
@@ -119,15 +110,47 @@ def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict
   return shown
 
 
+def _sequence_length(task: seqio.Task) -> Optional[dict[str, int]]:
+  """None (examples whole) except for pretraining objectives, which cut their text into
+  chunks that fit: TASK_FEATURE_LENGTHS when bound, else T5's 512 / 114."""
+  if pretraining.parse_derived_task_name(task.name) is None:
+    return None
+  bound = gin_config.macro_value("TASK_FEATURE_LENGTHS", None)
+  return dict(bound) if bound else dict(DERIVED_TASK_LENGTHS)
+
+
 def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _example_row(task_name: str, ex: dict) -> dict[str, Any]:
-  row = {"task": task_name}
+def render_ids(ids: Sequence[int], vocabulary: seqio.Vocabulary) -> str:
+  """Token ids as text, sentinels spelt `<extra_id_N>` (T5's names; id vocab_size-1-N), so a
+  span-corrupted example reads as T5's papers print it.
+
+  >>> render_ids([72, 105, 358, 33], seqio.ByteVocabulary(extra_ids=100))  # doctest: +SKIP
+  'Hi<extra_id_0>...'
+  """
+  first_sentinel = vocabulary.vocab_size - vocabulary.extra_ids
+  pieces, run = [], []
+  for i in list(ids) + [None]:
+    if i is None or i >= first_sentinel:
+      if run:
+        pieces.append(vocabulary.decode(run))
+        run = []
+      if i is not None:
+        pieces.append(f"<extra_id_{vocabulary.vocab_size - 1 - i}>")
+    elif i > 1:  # not PAD (0) or EOS (1)
+      run.append(int(i))
+  return "".join(pieces)
+
+
+def _example_row(task: seqio.Task, ex: dict) -> dict[str, Any]:
+  row = {"task": task.name}
   for key in ("inputs", "targets"):
     if key in ex:
-      row[key] = _text(ex.get(f"{key}_pretokenized", ""))
+      pretokenized = ex.get(f"{key}_pretokenized")
+      row[key] = (_text(pretokenized) if pretokenized is not None else
+                  render_ids(ex[key], task.output_features[key].vocabulary))
       row[f"{key}_ids"] = [int(i) for i in ex[key]]
       row[f"{key}_length"] = len(ex[key])
   return row
@@ -142,6 +165,9 @@ def _print_list(listing: dict[str, Any]) -> None:
     print(f"\n{'MIXTURE':<{width}}  TASKS")
     for m in listing["mixtures"]:
       print(f"{m['name']:<{width}}  {len(m['tasks'])}: {', '.join(m['tasks'])}")
+  print("\nDERIVED TASKS  every text task T above also has T_<objective> (its train-split "
+        "inputs as pretraining text), objective one of: "
+        f"{', '.join(listing['derived_objectives'])}")
 
 
 def _print_show(shown: dict[str, Any]) -> None:
@@ -161,8 +187,6 @@ def _print_show(shown: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-  import tasks  # noqa: F401  (registers the built-in tasks)
-  import mixtures  # noqa: F401  (registers the built-in mixtures)
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   if args.tasks_command == "list":

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Optional
 import seqio
 import tensorflow as tf
 
-from trainer import errors
+from recast import errors
 
 # Ids below this are pad (0), EOS (1) and UNK (2) in SentencePiece and byte vocabularies;
 # BERT-style random replacements never draw them.

@@ -22,7 +22,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
-from trainer import errors
+from recast import errors
 
 DEFAULT_OPEN_ROWS = 8
 

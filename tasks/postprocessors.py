@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tasks import specs as specs_lib
+from recast.tasks import specs as specs_lib
 
 UNPARSEABLE = -1
 

@@ -13,7 +13,7 @@ from typing import Callable
 import seqio
 import tensorflow as tf
 
-from tasks import specs as specs_lib
+from recast.tasks import specs as specs_lib
 
 ALWAYS_KEPT = ("idx",)
 

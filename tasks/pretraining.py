@@ -32,8 +32,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import objectives, preprocessors, sources, specs, vocabularies
-from trainer import errors
+from recast.tasks import objectives, preprocessors, sources, specs, vocabularies
+from recast import errors
 
 TRAIN_SPLIT = "train"
 WIKIPEDIA_EN = "wikipedia_en"

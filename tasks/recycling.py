@@ -20,8 +20,8 @@ from typing import Any, Mapping
 import seqio
 import tensorflow as tf
 
-from tasks import dspt, glue, specs, super_glue  # noqa: F401  (their tasks come first)
-from tasks.specs import TextTaskSpec, t5_inputs_template
+from recast.tasks import dspt, glue, specs, super_glue  # noqa: F401  (their tasks come first)
+from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 NEWSGROUPS_20 = (
     "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",

@@ -27,8 +27,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import specs as specs_lib
-from trainer import errors
+from recast.tasks import specs as specs_lib
+from recast import errors
 
 ENV_VAR = "RECAST_DATA_DIR"
 FORMATS = ("jsonl", "csv", "tsv")

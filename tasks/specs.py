@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from trainer import errors
+from recast import errors
 
 # Target text of an example whose label is unknown (test splits carry label -1), as in T5.
 UNKNOWN_LABEL = "<unk>"
@@ -194,7 +194,7 @@ def registered_specs() -> dict[str, TextTaskSpec]:
 
 def validate_spec(spec: TextTaskSpec) -> None:
   """Raises TaskSpecError naming the first thing wrong with `spec` (registers nothing)."""
-  from tasks import metrics, postprocessors  # local: metrics is owned by another module
+  from recast.tasks import metrics, postprocessors  # local: metrics is owned by another module
   where = f"task {spec.name!r}"
   if not spec.name or spec.name != spec.name.lower() or not spec.name.replace("_", "") \
       .replace(".", "").isalnum():
@@ -232,7 +232,7 @@ def text_preprocessors(spec: TextTaskSpec) -> list[Callable[..., tf.data.Dataset
 
   Objectives that reuse a task's text (span corruption on its inputs) start from these.
   """
-  from tasks import preprocessors
+  from recast.tasks import preprocessors
   return [*spec.prepare, preprocessors.make_text_to_text(spec)]
 
 
@@ -242,7 +242,7 @@ def register_text_task(spec: TextTaskSpec, *, overwrite: bool = False) -> seqio.
   Raises TaskSpecError when the spec is invalid or the name is taken (unless
   `overwrite`, which replaces the old task and spec).
   """
-  from tasks import metrics, postprocessors, sources, vocabularies
+  from recast.tasks import metrics, postprocessors, sources, vocabularies
   validate_spec(spec)
   taken = spec.name in seqio.TaskRegistry.names() or spec.name in _SPECS
   if taken and not overwrite:

@@ -9,8 +9,8 @@ diagnostics AX-b and AX-g are cast as RTE, so an RTE model can be scored on them
 
 from __future__ import annotations
 
-from tasks import preprocessors, specs
-from tasks.specs import TextTaskSpec, t5_inputs_template
+from recast.tasks import preprocessors, specs
+from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 SUPER_GLUE_VERSION = "1.0.2"
 _BOOL = ("False", "True")

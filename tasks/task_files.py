@@ -37,10 +37,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import seqio
 import yaml
 
-from tasks import metrics as metrics_lib
-from tasks import sources
-from tasks import specs as specs_lib
-from trainer import errors
+from recast.tasks import metrics as metrics_lib
+from recast.tasks import sources
+from recast.tasks import specs as specs_lib
+from recast import errors
 
 _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 _ENTRY_KEYS = {"name", "files", "inputs", "targets", "labels", "regression", "metrics"}

@@ -20,8 +20,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import sentencepiece as spm
 
-from tasks import specs, vocabularies
-from trainer import errors, gin_config
+from recast.tasks import specs, vocabularies
+from recast import errors, gin_config
 
 
 class VocabBuildError(errors.UserError):
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_text(task_names: Sequence[str], *, split: str = "train") -> Iterator[str]:
   """Lines of natural text from the source examples of `split` of each task."""
-  from tasks import sources
+  from recast.tasks import sources
   for name in task_names:
     spec = specs.task_spec(name)
     source = sources.TaskDataSource(spec)
@@ -128,7 +128,7 @@ def _check_encodes(model_file: Path, texts: Sequence[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-  import tasks  # noqa: F401  (registers the built-in tasks)
+  import recast.tasks  # noqa: F401  (registers the built-in tasks)
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   if not args.task and not args.text_file:

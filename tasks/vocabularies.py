@@ -27,7 +27,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from trainer import errors
+from recast import errors
 
 T5_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 EXTRA_IDS = 100

@@ -14,8 +14,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not 
   sys.path.insert(0, str(REPO))
 
 from benchmarks import measure, packing, run, train_step  # noqa: E402
-from trainer import network  # noqa: E402
-from trainer.network import T5Config  # noqa: E402
+from recast.trainer import network  # noqa: E402
+from recast.trainer.network import T5Config  # noqa: E402
 
 TINY = T5Config(vocab_size=384, d_model=32, num_heads=2, d_kv=16, d_ff=64,
                 num_encoder_layers=2, num_decoder_layers=1, dropout_rate=0.0)

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from trainer import atomic_files, errors
-from trainer.network import T5Config
+from recast import atomic_files, errors
+from recast.trainer.network import T5Config
 
 METADATA_FILE = "recast_checkpoint.json"
 PARAMS_DIR = "params"

@@ -39,7 +39,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from trainer import atomic_files, checkpoints, errors, network
+from recast import atomic_files, errors
+from recast.trainer import checkpoints, network
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"

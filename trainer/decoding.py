@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from trainer import network
+from recast.trainer import network
 
 Array = jax.Array
 EOS_ID = 1

@@ -42,9 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer import (atomic_files, decoding, errors, evaluation, gin_config, losses, network,
-                     partitioning, train as train_lib, train_state as train_state_lib)
-from trainer.network import T5Config
+from recast import atomic_files, errors, gin_config
+from recast.mixtures import lookup
+from recast.tasks import pretraining, vocabularies
+from recast.trainer import (decoding, evaluation, losses, network, partitioning, train as train_lib,
+                            train_state as train_state_lib)
+from recast.trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
                    "TEACHER_CHECKPOINT_PATH")
@@ -146,7 +149,6 @@ def load_teacher(path: str | os.PathLike, *, vocabulary: Any,
   Raises DistillationError (before anything is written) when the teacher's recorded
   vocabulary or vocab_size differs from the student's, or no checkpoint is there.
   """
-  from tasks import vocabularies
   if not Path(path).exists():
     raise DistillationError(f"TEACHER_CHECKPOINT_PATH {path} does not exist; point it at a "
                             "fine-tuned run's MODEL_DIR or a parameter checkpoint")
@@ -286,13 +288,11 @@ def transfer_inputs(transfer_data: str, *, split: str, vocabulary: Any,
   `inputs_prefix` + the line; e.g. "sst2 sentence: " to match the teacher's task).
   """
   import seqio
-  from tasks import pretraining, vocabularies
-  train_lib.register_tasks()
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if transfer_data in known:
     task = seqio.get_mixture_or_task(transfer_data)
     vocabularies.check_compatible(
-        vocabularies.describe(train_lib.output_vocabulary(task)),
+        vocabularies.describe(lookup.output_vocabulary(task)),
         vocabularies.describe(vocabulary), what=f"transfer data {transfer_data}")
     if split not in task.splits:
       raise DistillationError(f"transfer data {transfer_data!r} has no split {split!r}; "
@@ -418,14 +418,13 @@ def run_teacher(teacher_checkpoint_path: str | Mapping[str, str],
   over MIXTURE_OR_TASK_NAME). The student is `T5Config()` as gin binds it, its vocab_size
   from the tasks' vocabulary (as `train` makes it).
   """
-  from tasks import vocabularies
   if isinstance(teacher_checkpoint_path, Mapping):
     if mixture_or_task_name not in teacher_checkpoint_path:
       raise DistillationError(
           f"TEACHER_CHECKPOINT_PATH names no teacher for {mixture_or_task_name}; it has "
           f"{', '.join(sorted(teacher_checkpoint_path))}")
     teacher_checkpoint_path = teacher_checkpoint_path[mixture_or_task_name]
-  vocabulary = train_lib.output_vocabulary(train_lib.get_mixture_or_task(mixture_or_task_name))
+  vocabulary = lookup.output_vocabulary(lookup.get_mixture_or_task(mixture_or_task_name))
   student = T5Config().with_vocab_size(vocabulary.vocab_size)
   key = (str(Path(teacher_checkpoint_path).resolve()), student.vocab_size, student.dtype,
          json.dumps(vocabularies.describe(vocabulary), sort_keys=True))
@@ -498,7 +497,6 @@ def main(args: argparse.Namespace) -> int:
   --gin.TEACHER_CHECKPOINT_PATH=... --gin.MODEL_DIR=...`: `recast train` that insists on
   runs/distill.gin (which `recast train` and `recast sweep` can use as well)."""
   run_files = ", ".join(args.gin_file) or "no gin files"
-  train_lib.register_tasks()
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   if gin_config.macro_value("TEACHER_CHECKPOINT_PATH", None) is None:

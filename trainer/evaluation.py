@@ -30,9 +30,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from trainer import (atomic_files, benchmark_scores, checkpoints, decoding, errors, gin_config,
-                     metrics_writer, network, partitioning, run_checkpoints)
-from trainer.network import T5Config
+from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.mixtures import benchmark_scores, lookup
+from recast.tasks import vocabularies
+from recast.trainer import (checkpoints, decoding, network, partitioning, run_checkpoints,
+                            train_state)
+from recast.trainer.network import T5Config
 
 PREDICTIONS_DIR = "inference_eval"
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
@@ -175,10 +178,8 @@ class Evaluator:
                decoding_options: Optional[decoding.DecodingOptions] = None,
                partitioner: Optional[partitioning.Partitioner] = None,
                use_cached: bool = False):
-    from trainer import train  # the one lookup of tasks by name (close matches on typos)
-    from trainer import train_state
-    mixture = train.get_mixture_or_task(mixture_or_task_name)
-    vocabulary = train.output_vocabulary(mixture)
+    mixture = lookup.get_mixture_or_task(mixture_or_task_name)
+    vocabulary = lookup.output_vocabulary(mixture)
     self.name = mixture.name
     self.split = split
     self.step_names: list[str] = []
@@ -327,7 +328,6 @@ def load_checkpoint(folder: Path, *, vocabulary: seqio.Vocabulary
                     ) -> tuple[T5Config, Any]:
   """(model config, numpy parameters) of a parameter or training checkpoint folder, after
   checking its vocabulary against the task's."""
-  from tasks import vocabularies
   meta = checkpoint_metadata(folder)
   if "model" not in meta:
     raise EvaluationError(f"checkpoint {folder} records no model config; evaluate a "
@@ -352,7 +352,6 @@ def evaluate_checkpoints(*, checkpoint_path: str = gin.REQUIRED,
   holding the checkpoints); a parameter checkpoint needs it set (EVAL_OUTPUT_DIR).
   The Evaluator's other settings (batch_size, num_examples, decoding_options) come from gin.
   """
-  from trainer import train
   found = checkpoints_to_evaluate(checkpoint_path, mode=mode)
   if output_dir is None:
     if checkpoints.is_param_checkpoint(checkpoint_path):
@@ -360,7 +359,7 @@ def evaluate_checkpoints(*, checkpoint_path: str = gin.REQUIRED,
           f"{checkpoint_path} is a parameter checkpoint; set --gin.EVAL_OUTPUT_DIR=... for "
           "the metrics and predictions")
     output_dir = found[0][1].parent
-  vocabulary = train.output_vocabulary(train.get_mixture_or_task(mixture_or_task_name))
+  vocabulary = lookup.output_vocabulary(lookup.get_mixture_or_task(mixture_or_task_name))
   writer = metrics_writer.MetricsWriter(output_dir, enabled=jax.process_index() == 0)
   evaluator, all_results = None, {}
   try:
@@ -390,9 +389,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=... ...`."""
-  from trainer import train
   gin_files = args.gin_file or ["runs/eval.gin"]
-  train.register_tasks()  # their configurables must exist before gin is parsed
   gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
   evaluate_checkpoints()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from trainer import network
+from recast.trainer import network
 
 
 @dataclasses.dataclass(frozen=True)

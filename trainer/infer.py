@@ -21,8 +21,10 @@ import jax
 import numpy as np
 import seqio
 
-from trainer import (atomic_files, checkpoints, decoding, errors, evaluation, gin_config,
-                     network, partitioning)
+from recast import atomic_files, errors, gin_config
+from recast.mixtures import lookup
+from recast.tasks import vocabularies
+from recast.trainer import checkpoints, decoding, evaluation, network, partitioning
 
 MODES = ("predict", "score")
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "TASK_FEATURE_LENGTHS", "INFER_OUTPUT_DIR")
@@ -59,7 +61,6 @@ def read_input_file(path: str | Path) -> list[dict[str, str]]:
 def checkpoint_vocabulary(folder: Path, meta: Mapping[str, Any]) -> seqio.Vocabulary:
   """The vocabulary a checkpoint records: its spiece.model, else its metadata, else the
   VOCABULARY gin macro / environment (tasks.vocabularies.get_vocabulary)."""
-  from tasks import vocabularies
   described = meta.get("vocabulary") or {}
   extra_ids = int(described.get("extra_ids", vocabularies.EXTRA_IDS))
   spiece = checkpoints.vocabulary_file(folder) if checkpoints.is_param_checkpoint(folder) else None
@@ -140,12 +141,11 @@ def infer(*, checkpoint_path: str = gin.REQUIRED,
   _, folder = evaluation.checkpoints_to_evaluate(checkpoint_path, mode="latest")[-1]
   examples = None
   if mixture_or_task_name is not None:
-    from trainer import train
-    task = train.get_mixture_or_task(mixture_or_task_name)
+    task = lookup.get_mixture_or_task(mixture_or_task_name)
     if not isinstance(task, seqio.Task):
       raise InferError(f"{mixture_or_task_name} is a mixture; `recast infer` reads one task "
                        f"(one of {', '.join(t.name for t in seqio.get_subtasks(task))})")
-    vocabulary = train.output_vocabulary(task)
+    vocabulary = lookup.output_vocabulary(task)
     rows, examples = _task_rows(task, split=split, lengths=lengths, num_examples=num_examples)
     name = f"{task.name}-{split}"
   else:
@@ -203,9 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=... ...`."""
-  from trainer import train
   gin_files = args.gin_file or ["runs/infer.gin"]
-  train.register_tasks()
   gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
   infer()

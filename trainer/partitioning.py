@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from trainer import errors
+from recast import errors
 
 LogicalAxisRules = Sequence[tuple[str, Optional[str]]]
 

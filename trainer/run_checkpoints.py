@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from trainer import checkpoints
-from trainer.checkpoints import CheckpointError
+from recast.trainer import checkpoints
+from recast.trainer.checkpoints import CheckpointError
 
 STEP_PREFIX = "checkpoint"
 FORMAT_VERSION = 1
@@ -136,7 +136,7 @@ def check_vocabulary(saved: Optional[dict], current: Optional[dict], *, source: 
   """Raises a UserError when the vocabulary a checkpoint was trained with (its saved
   `tasks.vocabularies.describe`) is not the task's; unknown on either side: accepted."""
   if saved and current:
-    from tasks import vocabularies
+    from recast.tasks import vocabularies
     vocabularies.check_compatible(saved, current, what=f"checkpoint {source}")
 
 

@@ -10,7 +10,6 @@ the same flags continues where its last checkpoint left off, data stream include
 from __future__ import annotations
 
 import argparse
-import difflib
 import itertools
 import math
 import os
@@ -22,154 +21,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from trainer import (atomic_files, errors, evaluation, gin_config, metrics_writer, network,
-                     optimizers, partitioning, run_checkpoints, train_state as train_state_lib)
-from trainer.network import T5Config
+from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.mixtures import lookup
+from recast.tasks import vocabularies
+from recast.trainer import (evaluation, input_pipeline, network, optimizers, partitioning,
+                            run_checkpoints, train_state as train_state_lib)
+from recast.trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
-TRUNCATION_SAMPLE = 1000
 
 
 class TrainingError(errors.UserError):
   """The run cannot go on (e.g. a non-finite loss); the message says what to change."""
-
-
-# ------------------------------------------------------------------------------------------
-# Input
-
-
-def get_mixture_or_task(name: str):
-  """The registered seqio Task or Mixture `name`; unknown names get close matches."""
-  import seqio
-  register_tasks()
-  from tasks import pretraining
-  pretraining.ensure_pretraining_task(name)  # `<task>_<objective>` exists once asked for
-  try:
-    return seqio.get_mixture_or_task(name)
-  except ValueError:
-    pass
-  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-  close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-  hint = (f"did you mean {', '.join(close)}?" if close else
-          f"{len(known)} are registered; list them with `recast tasks`")
-  raise errors.UserError(
-      f"no task or mixture named {name!r}; {hint} (a task file passed with --tasks_file "
-      "registers more)")
-
-
-def register_tasks() -> None:
-  """Imports the packages whose import registers recast's tasks and mixtures."""
-  import importlib
-  for package in ("tasks", "mixtures"):
-    try:
-      importlib.import_module(package)
-    except ModuleNotFoundError as e:
-      if e.name != package:
-        raise
-
-
-def output_vocabulary(mixture_or_task):
-  features = mixture_or_task.output_features
-  if "targets" not in features:
-    raise errors.UserError(f"{mixture_or_task.name} has no 'targets' feature; an "
-                           "encoder-decoder task needs inputs and targets")
-  return features["targets"].vocabulary
-
-
-def train_dataset(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                  batch_size: int, split: str = "train", shuffle: bool = True, seed: int = 0,
-                  use_cached: bool = False, pack: bool = True, shard_index: int = 0,
-                  num_shards: int = 1, start_batch: int = 0, packer: str = "first_fit"):
-  """This process's endless stream of training batches, as a tf.data.Dataset.
-
-  Args:
-    batch_size: this process's rows per batch (the global batch / process count).
-    shard_index, num_shards: this process's shard of the examples (seqio.ShardInfo).
-    start_batch: batches already consumed (a checkpoint's `data_position`); skipped, so a
-      resumed run sees exactly the batches a run without interruption would.
-    packer: "first_fit" (`tasks.packing`: several open rows, less padding) or "seqio"
-      (`seqio.utils.trim_and_pack_dataset`, T5X's packing). Same features either way.
-  Returns:
-    Batches of seqio.EncDecFeatureConverter's features, int32 [batch_size, length]:
-    encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights
-    and, packed, encoder/decoder_segment_ids and _positions. Deterministic for a seed.
-  """
-  import seqio
-
-  from tasks import packing
-  converter = packing.feature_converter(packer, pack=pack)
-  ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-      dataset_split=split, use_cached=use_cached, shuffle=shuffle, num_epochs=None,
-      seed=seed, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-      feature_converter=converter, verbose=False)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if start_batch:
-    ds = ds.skip(start_batch)
-  return ds.prefetch(2)
-
-
-def truncation_report(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-                      split: str = "train", use_cached: bool = False,
-                      num_examples: int = TRUNCATION_SAMPLE) -> dict[str, dict]:
-  """How many of the first `num_examples` examples (shared out over the mixture's tasks) are
-  longer than the feature lengths.
-
-  Returns {feature: {"fraction": truncated fraction, "longest": longest length seen,
-  "p99": 99th-percentile length}} for each feature in `task_feature_lengths`.
-  """
-  import seqio
-  from tasks import pretraining
-  # Objective tasks (span corruption, ...) cut their own examples to fit; the others are
-  # read with no sequence length, so nothing trims them before they are measured.
-  measured = [t for t in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
-              if pretraining.parse_derived_task_name(t.name) is None and split in t.splits]
-  lengths: dict[str, list[int]] = {name: [] for name in task_feature_lengths}
-  for task in measured:
-    ds = task.get_dataset(None, split=split, use_cached=use_cached, shuffle=False,
-                          num_epochs=1, trim_output_features=False)
-    for example in ds.take(max(1, num_examples // len(measured))).as_numpy_iterator():
-      for name in lengths:
-        lengths[name].append(int(np.size(example[name])))
-  report = {}
-  for name, seen in lengths.items():
-    seen = np.asarray(seen or [0])
-    report[name] = {"fraction": float(np.mean(seen > task_feature_lengths[name])),
-                    "longest": int(seen.max()), "p99": int(np.ceil(np.percentile(seen, 99)))}
-  return report
-
-
-def check_truncation(report: Mapping[str, dict], *, task_feature_lengths: Mapping[str, int],
-                     max_fraction: float, name: str) -> Optional[str]:
-  """A warning when examples get truncated; TrainingError above `max_fraction`."""
-  cut = {k: v for k, v in report.items() if v["fraction"] > 0}
-  if not cut:
-    return None
-  suggested = {k: max(task_feature_lengths[k], _round_up(v["p99"], 8)) for k, v in
-               report.items()}
-  detail = "; ".join(f"{k}: {v['fraction']:.1%} longer than {task_feature_lengths[k]} "
-                     f"(longest {v['longest']}, 99% fit in {v['p99']})" for k, v in cut.items())
-  message = (f"{name}: examples will be truncated by TASK_FEATURE_LENGTHS ({detail}); to keep "
-             f"99% whole, set --gin.TASK_FEATURE_LENGTHS=\"{suggested}\"")
-  if max(v["fraction"] for v in cut.values()) > max_fraction:
-    raise TrainingError(f"{message}. (More than {max_fraction:.0%} truncated is an error; "
-                        "accept it with --gin.train.max_truncated_fraction=1.0)")
-  return message
-
-
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
-def batch_counts(batch: Mapping[str, np.ndarray]) -> tuple[int, int]:
-  """(examples, non-padding tokens) in a batch; packed rows hold several examples."""
-  targets = batch["decoder_target_tokens"]
-  if "decoder_segment_ids" in batch:
-    examples = int(np.sum(np.max(batch["decoder_segment_ids"], axis=1)))
-  else:
-    examples = int(np.sum(np.any(targets > 0, axis=1)))
-  tokens = int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(targets > 0))
-  return examples, tokens
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,19 +91,6 @@ def _clock(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def drop_metrics_after(model_dir: str | os.PathLike, step: int) -> int:
-  """Removes metrics.jsonl rows written after checkpoint `step` by a run that was then
-  killed (they will be written again); returns how many were removed."""
-  path = Path(model_dir) / metrics_writer.METRICS_FILE
-  if not path.exists():
-    return 0
-  rows = metrics_writer.read_metrics(model_dir)
-  kept = [r for r in rows if r["step"] <= step]
-  torn = path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-  if len(kept) != len(rows) or torn:  # a torn last line would glue onto the next append
-    atomic_files.write_jsonl(path, kept)
-  return len(rows) - len(kept)
-
 
 # ------------------------------------------------------------------------------------------
 # The loop
@@ -288,10 +138,9 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       returned step), e.g. `trainer.distillation.make_distill_train_step` with its teacher.
   """
   import jax
-  from tasks import vocabularies
 
-  task = get_mixture_or_task(mixture_or_task_name)
-  vocabulary = output_vocabulary(task)
+  task = lookup.get_mixture_or_task(mixture_or_task_name)
+  vocabulary = lookup.output_vocabulary(task)
   vocab_description = vocabularies.describe(vocabulary)
   config = (config or T5Config()).with_vocab_size(vocabulary.vocab_size)
   model_dir = Path(model_dir)
@@ -311,8 +160,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           "seed": seed}
   if resume_meta is None or any(resume_meta.get(k) != meta[k] for k in (
       "mixture_or_task_name", "task_feature_lengths")):  # (checked when the run started)
-    warning = check_truncation(
-        truncation_report(mixture_or_task_name=mixture_or_task_name,
+    warning = input_pipeline.check_truncation(
+        input_pipeline.truncation_report(mixture_or_task_name=mixture_or_task_name,
                           task_feature_lengths=task_feature_lengths, split=split,
                           use_cached=use_cached),
         task_feature_lengths=task_feature_lengths, max_fraction=max_truncated_fraction,
@@ -338,7 +187,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   train_step = (train_step_factory or train_state_lib.make_train_step)(
       model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
       label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
-  local_batches = train_dataset(
+  local_batches = input_pipeline.train_dataset(
       mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
       use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
@@ -354,7 +203,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   if resume_step is not None:
     state, _ = checkpoints.restore(resume_step, abstract_state)
     if is_chief:
-      drop_metrics_after(model_dir, resume_step)
+      metrics_writer.drop_rows_after(model_dir, resume_step)
       print(f"resuming from {model_dir}/{run_checkpoints.STEP_PREFIX}_{resume_step}",
             flush=True)
   else:
@@ -379,7 +228,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       if pending is not None:
         window.append(_fetch_finite(*pending, checkpoints=checkpoints))
       pending = (step, metrics)
-      examples, tokens = batch_counts(local)
+      examples, tokens = input_pipeline.batch_counts(local)
       progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
       if step == start_step + 1 and is_chief:
         gin_config.write_config_files(model_dir, operative=True)
@@ -501,7 +350,6 @@ def main(args: argparse.Namespace) -> int:
     raise gin_config.GinConfigError(
         "recast train needs gin files: a model and a run file, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
-  register_tasks()  # Their configurables must exist before gin is parsed and locked.
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))

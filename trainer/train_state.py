@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from trainer import losses, network
-from trainer.optimizers import Optimizer
-from trainer.partitioning import Partitioner, PartitioningError
+from recast.trainer import losses, network
+from recast.trainer.optimizers import Optimizer
+from recast.trainer.partitioning import Partitioner, PartitioningError
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -8,10 +8,10 @@ import gin
 import pytest
 import seqio
 
-import mixtures
-from mixtures import benchmarks, rates, studies
-from tasks import dspt, recycling
-from trainer import cli
+from recast import mixtures
+from recast.mixtures import benchmarks, rates, studies
+from recast.tasks import dspt, recycling
+from recast import cli
 
 # Train split sizes: ../shared/data (SOURCES.md) for the six GLUE tasks there, TFDS's
 # recorded sizes for QQP, MNLI and QNLI.
@@ -157,7 +157,7 @@ def test_tasks_list_shows_the_mixtures(capsys):
 
 def test_evaluator_mixture_aggregate_adds_the_glue_score():
   import types
-  from trainer import evaluation
+  from recast.trainer import evaluation
   inference = {
       "glue_cola": {"matthews_corrcoef": 40.0}, "glue_sst2": {"accuracy": 90.0},
       "glue_mrpc": {"f1": 88.0, "accuracy": 84.0},

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import seqio
 
-from mixtures import benchmarks, rates
-from trainer import cli, gin_config, metrics_writer, train
+from recast.mixtures import benchmarks, rates
+from recast import cli, gin_config, metrics_writer
+from recast.trainer import train
 
 MIXTURE = "glue_rte_mrpc_cola"
 TASKS = ("glue_cola", "glue_mrpc", "glue_rte")
@@ -36,8 +37,7 @@ def multitask_run(shared_data, tmp_path_factory):
   import contextlib
   import io
   import os
-  from tasks import vocab_build
-  train.register_tasks()
+  from recast.tasks import vocab_build
   root = tmp_path_factory.mktemp("multitask")
   os.environ["RECAST_DATA_DIR"] = str(shared_data)
   try:
@@ -134,7 +134,6 @@ def _resolve(value):
      ["TASK='glue_rte'", "INITIAL_CHECKPOINT_PATH='/runs/loo'"], "glue_rte"),
 ])
 def test_experiment_stages_resolve(stage_file, bindings, expected):
-  train.register_tasks()
   gin_config.parse_gin(["models/t5_1_1/tiny.gin", stage_file],
                        ["MODEL_DIR='/runs/x'", *bindings])
   gin_config.require_macros(["MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
@@ -149,7 +148,6 @@ def test_experiment_stages_resolve(stage_file, bindings, expected):
 
 
 def test_finetune_stages_require_their_checkpoint():
-  train.register_tasks()
   gin_config.parse_gin(["models/t5_1_1/tiny.gin", "experiments/mtdnn/finetune.gin"],
                        ["MODEL_DIR='/runs/x'", "TASK='glue_rte'"], finalize=False)
   with pytest.raises(gin_config.GinConfigError, match="INITIAL_CHECKPOINT_PATH"):

@@ -7,7 +7,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from mixtures import rates
+from recast.mixtures import rates
 
 VOCAB = seqio.PassThroughVocabulary(size=100)
 COUNTS = {"rates_test_big": 1_000_000, "rates_test_mid": 40_000, "rates_test_small": 2_000}

@@ -9,10 +9,10 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import mixtures  # noqa: F401  (registers every built-in task and mixture)
-import tasks  # noqa: F401  (registers every built-in task)
-from mixtures import rates
-from tasks import dspt, metrics, recycling, sources, vocabularies
+import recast.mixtures  # noqa: F401  (registers every built-in task and mixture)
+import recast.tasks  # noqa: F401  (registers every built-in task)
+from recast.mixtures import rates
+from recast.tasks import dspt, metrics, recycling, sources, vocabularies
 
 N = 6
 CONLL_WORDS = ["Mr.", "John", "Smith", "visited", "New", "York", "on", "Monday", "."]

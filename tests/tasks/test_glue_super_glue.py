@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401
-from tasks import glue, sources, specs, super_glue, vocabularies
+import recast.tasks  # noqa: F401
+from recast.tasks import glue, sources, specs, super_glue, vocabularies
 
 MAX_EXAMPLES = 300
 BUILT_IN = [s.name for s in glue.GLUE_SPECS + super_glue.SUPER_GLUE_SPECS]

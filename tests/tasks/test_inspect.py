@@ -5,9 +5,9 @@ import json
 import gin
 import pytest
 
-from tasks import inspect as tasks_inspect
-from tasks import sources, vocabularies
-from trainer import cli
+from recast.tasks import inspect as tasks_inspect
+from recast.tasks import sources, vocabularies
+from recast import cli
 
 
 @pytest.fixture(autouse=True)

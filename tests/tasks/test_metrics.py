@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from tasks import metrics
+from recast.tasks import metrics
 
 SEEDS = range(5)
 

@@ -7,7 +7,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import objectives
+from recast.tasks import objectives
 
 TOY_SPM = (Path(seqio.__file__).parent / "test_data" / "sentencepiece" / "sentencepiece.model")
 VOCAB = seqio.SentencePieceVocabulary(str(TOY_SPM), extra_ids=100)

@@ -6,7 +6,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import packing
+from recast.tasks import packing
 
 LENGTHS = {"inputs": 64, "targets": 12}
 

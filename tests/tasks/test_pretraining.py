@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
-from tasks import objectives, pretraining, specs, task_files, vocabularies
+from recast.tasks import objectives, pretraining, specs, task_files, vocabularies
 
 # Bytes decode losslessly, so the text a task was built from can be compared exactly.
 BYTES = seqio.ByteVocabulary(extra_ids=100)
@@ -221,7 +221,7 @@ def _resolved(name: str):
 ])
 def test_self_pretraining_stage_files_bind_one_run_each(stage, bindings, expected):
   import gin
-  from trainer import gin_config
+  from recast import gin_config
   try:
     gin_config.parse_gin(["models/t5_1_1/tiny.gin", f"experiments/self_pretraining/{stage}.gin"],
                          ["MODEL_DIR='/tmp/run'", *bindings])

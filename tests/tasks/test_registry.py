@@ -11,8 +11,8 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-import tasks  # noqa: F401  (registers the built-in tasks)
-from tasks import postprocessors, sources, specs, vocabularies
+import recast.tasks  # noqa: F401  (registers the built-in tasks)
+from recast.tasks import postprocessors, sources, specs, vocabularies
 
 N = 6
 
@@ -98,8 +98,8 @@ def test_registry_walk_covers_every_seqio_task():
   """Every seqio task is a text task with a spec, so the walks below cover it (MNLI's
   matched/mismatched evaluation views read glue_mnli's spec'd source; pretraining tasks
   derived from a spec'd task or a text corpus are walked in test_pretraining)."""
-  from mixtures import benchmarks
-  from tasks import pretraining
+  from recast.mixtures import benchmarks
+  from recast.tasks import pretraining
   uncovered = set(seqio.TaskRegistry.names()) - set(specs.registered_specs())
   uncovered -= set(benchmarks.MNLI_EVAL_SPLITS)
   assert {n for n in uncovered if pretraining.parse_derived_task_name(n) is None} == set()

@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import seqio
 
-from tasks import task_files
-from tasks.task_files import TaskFileError
+from recast.tasks import task_files
+from recast.tasks.task_files import TaskFileError
 
 TREC_LABELS = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
 
@@ -26,7 +26,7 @@ def _write_trec(tmp_path):
   return data
 
 
-def _task_file(tmp_path, body, name="tasks.yaml"):
+def _task_file(tmp_path, body, name="recast.tasks.yaml"):
   path = tmp_path / name
   path.write_text(textwrap.dedent(body))
   return path
@@ -124,13 +124,13 @@ def test_bad_settings(tmp_path):
 
 @pytest.fixture
 def byte_vocab():
-  from tasks import vocabularies
+  from recast.tasks import vocabularies
   with vocabularies.use_vocabulary(vocabularies.byte_vocabulary()):
     yield
 
 
 def _cleanup(*names):
-  from tasks import specs
+  from recast.tasks import specs
   for name in names:
     if name in seqio.TaskRegistry.names():
       specs.unregister_text_task(name)
@@ -204,7 +204,7 @@ def test_register_task_in_python_and_name_clashes(tmp_path, byte_vocab):
                                inputs="other: {text}", targets="{coarse}",
                                labels=TREC_LABELS, base_dir=tmp_path)
     with pytest.raises(TaskFileError, match="'glue_rte' is already registered"):
-      import tasks  # noqa: F401
+      import recast.tasks  # noqa: F401
       task_files.register_task(name="glue_rte", files={"train": "data/train.jsonl"},
                                inputs="{text}", targets="{coarse}", labels=TREC_LABELS,
                                base_dir=tmp_path)

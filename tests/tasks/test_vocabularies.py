@@ -8,8 +8,8 @@ import pytest
 import seqio
 import sentencepiece as spm
 
-from tasks import vocab_build, vocabularies
-from trainer import cli
+from recast.tasks import vocab_build, vocabularies
+from recast import cli
 
 SPM = str(Path(seqio.__file__).parent / "test_data" / "sentencepiece" / "sentencepiece.model")
 

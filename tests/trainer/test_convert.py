@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
 
-from trainer import checkpoints, cli, convert, network  # noqa: E402
+from recast.trainer import checkpoints, convert, network
+from recast import cli  # noqa: E402
 
 SPIECE = (Path(__import__("seqio").__file__).parent / "test_data" / "sentencepiece" /
           "sentencepiece.model")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trainer import decoding, network
+from recast.trainer import decoding, network
 
 TINY = network.T5Config(vocab_size=32, d_model=32, num_heads=2, d_kv=8, d_ff=32,
                         num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)

@@ -20,7 +20,7 @@ def _log_softmax(x):
 
 
 def test_distillation_loss_matches_hand_computed_numbers():
-  from trainer import distillation
+  from recast.trainer import distillation
   rng = np.random.default_rng(0)
   student = rng.normal(size=(2, 3, 5)).astype(np.float32)
   teacher = rng.normal(size=(2, 3, 5)).astype(np.float32) * 2
@@ -52,7 +52,7 @@ def test_distillation_loss_matches_hand_computed_numbers():
 
 
 def _tiny_config(**changes):
-  from trainer import network
+  from recast.trainer import network
   base = dict(vocab_size=128, d_model=32, num_heads=2, d_kv=16, d_ff=64,
               num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
   return network.T5Config(**{**base, **changes})
@@ -74,8 +74,8 @@ def test_alpha_one_is_ordinary_fine_tuning():
   (different, larger) teacher runs inside the distillation step."""
   import flax.linen as nn
   import jax
-  from trainer import distillation, network, optimizers, partitioning
-  from trainer import train_state as ts
+  from recast.trainer import distillation, network, optimizers, partitioning
+  from recast.trainer import train_state as ts
   config = _tiny_config()
   teacher_config = _tiny_config(d_model=48, num_encoder_layers=2)
   teacher = distillation.Teacher(
@@ -117,15 +117,15 @@ def sst2_flags(data_dir, vocabulary):
 
 
 def _save_teacher(path, *, vocabulary, vocab_size):
-  from trainer import checkpoints
+  from recast.trainer import checkpoints
   return checkpoints.save_param_checkpoint(
       path, {"unused": np.zeros(1, np.float32)}, config=_tiny_config(vocab_size=vocab_size),
       vocabulary=vocabulary)
 
 
 def test_teacher_of_another_vocabulary_is_rejected(shared_data, tmp_path, capsys):
-  from tasks import vocabularies
-  from trainer import cli
+  from recast.tasks import vocabularies
+  from recast import cli
   byte_teacher = _save_teacher(tmp_path / "byte", vocab_size=384, vocabulary=(
       vocabularies.describe(vocabularies.byte_vocabulary())))
   wide_teacher = _save_teacher(tmp_path / "wide", vocab_size=256, vocabulary=(
@@ -145,8 +145,8 @@ def test_teacher_of_another_vocabulary_is_rejected(shared_data, tmp_path, capsys
 
 
 def test_text_files_as_transfer_data(tmp_path):
-  from tasks import vocabularies
-  from trainer import distillation
+  from recast.tasks import vocabularies
+  from recast.trainer import distillation
   vocab = vocabularies.sentencepiece_vocabulary(str(TOY_VOCAB))
   (tmp_path / "a.txt").write_text("a fine film\n\nslow and dull\n")
   (tmp_path / "b.txt").write_text("a late tea at sea " * 20 + "\n")
@@ -168,8 +168,9 @@ def distilled(shared_data, tmp_path_factory):
   labelled by the teacher (alpha 0: no gold labels). The vocabulary: 2,000 pieces built
   from SST-2 text (word pieces let a tiny teacher pick up sentiment words quickly)."""
   import itertools
-  from tasks import vocab_build
-  from trainer import cli, distillation  # noqa: F401  (its configurables, before gin locks)
+  from recast.tasks import vocab_build
+  from recast import cli
+  from recast.trainer import distillation  # noqa: F401  (its configurables, before gin locks)
   root = tmp_path_factory.mktemp("distill")
   with open(shared_data / "glue/sst2/train.jsonl") as f:
     lines = [json.loads(line)["sentence"] for line in itertools.islice(f, 20000)]
@@ -188,7 +189,7 @@ def distilled(shared_data, tmp_path_factory):
 
 
 def _predictions(run_dir, inputs, vocabulary):
-  from trainer import distillation, evaluation, partitioning
+  from recast.trainer import distillation, evaluation, partitioning
   _, folder = evaluation.checkpoints_to_evaluate(run_dir, mode="latest")[-1]
   config, params = evaluation.load_checkpoint(folder, vocabulary=vocabulary)
   labels = distillation.greedy_labels(config, params, inputs, target_length=LENGTHS["targets"],
@@ -198,8 +199,9 @@ def _predictions(run_dir, inputs, vocabulary):
 
 
 def test_student_agrees_with_its_teacher_on_held_out_sst2(distilled, shared_data, monkeypatch):
-  from tasks import vocabularies
-  from trainer import distillation, metrics_writer
+  from recast.tasks import vocabularies
+  from recast.trainer import distillation
+  from recast import metrics_writer
   labels = [json.loads(line) for line in open(distilled / "student" / "teacher_labels.jsonl")]
   assert len(labels) == 8000
   assert json.loads((distilled / "student" / "teacher_labels.json").read_text())[

@@ -10,9 +10,10 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import metrics as task_metrics
-from tasks import vocabularies
-from trainer import checkpoints, cli, evaluation, metrics_writer, network, run_checkpoints
+from recast.tasks import metrics as task_metrics
+from recast.tasks import vocabularies
+from recast.trainer import checkpoints, evaluation, network, run_checkpoints
+from recast import cli, metrics_writer
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 16, "targets": 8}
@@ -108,7 +109,7 @@ def test_forced_model_metrics_match_its_predictions(tmp_path):
 
 def test_num_examples_and_beam_search(tmp_path):
   params = yes_params()
-  from trainer import decoding
+  from recast.trainer import decoding
   evaluator = evaluation.Evaluator(
       mixture_or_task_name=TASK, task_feature_lengths=LENGTHS, config=CONFIG, batch_size=4,
       num_examples=2, decoding_options=decoding.DecodingOptions(method="beam_search",

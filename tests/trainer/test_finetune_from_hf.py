@@ -9,14 +9,15 @@ transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 
-from trainer import checkpoints, convert, gin_config, metrics_writer, run_checkpoints  # noqa: E402
+from recast.trainer import checkpoints, convert, run_checkpoints
+from recast import gin_config, metrics_writer  # noqa: E402
 
 # gin/models/t5_1_1/tiny.gin's architecture; the byte vocabulary (359 ids) pads to 384.
 TINY = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
 
 
 def _train(model_dir, init, shared_data, *, learning_rate: float, steps: int):
-  from trainer import train
+  from recast.trainer import train
   gin_config.parse_gin(["models/t5_1_1/tiny.gin", "runs/finetune.gin"], [
       f"MODEL_DIR={str(model_dir)!r}", "MIXTURE_OR_TASK_NAME='glue_rte'",
       f"DATA_DIR={str(shared_data)!r}", "VOCABULARY='byte'",

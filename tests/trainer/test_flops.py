@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import flops, network
+from recast.trainer import flops, network
 
 BASE = network.T5Config(d_model=768, num_heads=12, d_kv=64, d_ff=2048, num_encoder_layers=12,
                         num_decoder_layers=12).with_vocab_size(32100)

@@ -9,8 +9,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import vocabularies
-from trainer import checkpoints, cli, infer, network
+from recast.tasks import vocabularies
+from recast.trainer import checkpoints, infer, network
+from recast import cli
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = "{'inputs': 16, 'targets': 8}"

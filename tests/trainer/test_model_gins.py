@@ -6,7 +6,8 @@ import re
 import gin
 import pytest
 
-from trainer import gin_config, network
+from recast import gin_config
+from recast.trainer import network
 
 MODELS = gin_config.GIN_DIR / "models"
 ARCHITECTURE = {"d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers",

@@ -43,7 +43,7 @@ def _run(driver, model_dir, *, env, extra=()):
 
 
 def _losses(model_dir):
-  from trainer import metrics_writer
+  from recast import metrics_writer
   rows = [r for r in metrics_writer.read_metrics(model_dir) if r["metric"] == "loss"]
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   return np.array([r["value"] for r in rows])

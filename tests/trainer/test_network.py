@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainer import network
+from recast.trainer import network
 
 TINY = network.T5Config(vocab_size=64, d_model=32, num_heads=4, d_kv=8, d_ff=48,
                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from trainer import optimizers
+from recast.trainer import optimizers
 
 
 def _values(schedule, steps):
@@ -133,7 +133,7 @@ def test_default_is_adafactor_with_rsqrt_and_gin_selects_adamw():
   gin.clear_config()
   try:
     gin.parse_config("""
-        from trainer import optimizers
+        from recast.trainer import optimizers
         optimizers.create_optimizer.optimizer_def = @optimizers.adamw
         optimizers.create_optimizer.learning_rate_schedule = @optimizers.constant_schedule()
         optimizers.constant_schedule.base_learning_rate = 0.5

@@ -16,7 +16,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from trainer import network, optimizers, partitioning, train_state
+from recast.trainer import network, optimizers, partitioning, train_state
 
 TINY = network.T5Config(vocab_size=64, d_model=32, num_heads=2, d_kv=8, d_ff=64,
                         num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -148,7 +148,7 @@ _WORKER = r"""
 import json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, numpy as np
-from trainer import network, optimizers, partitioning, train_state
+from recast.trainer import network, optimizers, partitioning, train_state
 assert partitioning.initialize_distributed()
 cfg = network.T5Config(**json.loads(sys.argv[1]))
 batch = {k: np.asarray(v, np.int32) for k, v in json.loads(sys.argv[2]).items()}

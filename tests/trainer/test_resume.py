@@ -53,7 +53,7 @@ def _params(model_dir, step):
 
 
 def test_killed_and_resumed_run_equals_straight_run(shared_data, tmp_path):
-  from trainer import metrics_writer
+  from recast import metrics_writer
   driver = _toy().write_driver(tmp_path / "driver.py", shared_data)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   # Later runs reuse the first one's compiled train step.

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recast.mixtures import lookup
+from recast.trainer import input_pipeline
+
 REPO = Path(__file__).resolve().parents[2]
 TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
              "sentencepiece.model")
@@ -23,7 +26,7 @@ def register_toy_rte(data_dir, *, name: str = TOY_TASK, num_examples: int = 64) 
   validation are the same rows), tokenised with seqio's 26-piece test vocabulary."""
   import seqio
   import tensorflow as tf
-  from tasks import metrics
+  from recast.tasks import metrics
   if name in seqio.TaskRegistry.names():
     return name
   rows = []
@@ -59,7 +62,7 @@ DRIVER = textwrap.dedent("""
     toy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(toy)
     toy.register_toy_rte({data!r})
-    from trainer import cli, metrics_writer
+    from recast import cli, metrics_writer
     hang_at = int(os.environ.get("HANG_AT", "0"))
     if hang_at:
       write = metrics_writer.MetricsWriter.write
@@ -86,8 +89,7 @@ def toy_task(shared_data):
 
 
 def _batches(n, **kwargs):
-  from trainer import train
-  ds = train.train_dataset(**kwargs)
+  ds = input_pipeline.train_dataset(**kwargs)
   return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
 
 
@@ -125,60 +127,60 @@ def test_process_shards_split_the_examples(toy_task):
 def test_first_fit_packer_holds_more_examples_than_seqios(toy_task):
   """The default packer (tasks.packing) and seqio's give the same features; first fit puts
   more of the same examples into the same rows. An unknown packer is a named error."""
-  from trainer import errors, train
+  from recast import errors
   kwargs = dict(mixture_or_task_name=toy_task, batch_size=8, shuffle=False,
                 task_feature_lengths={"inputs": 2048, "targets": 64})
   ours, theirs = (_batches(4, **kwargs, packer=p) for p in ("first_fit", "seqio"))
   assert set(ours[0]) == set(theirs[0])
   assert all(a[k].shape == b[k].shape for a, b in zip(ours, theirs) for k in a)
-  count = lambda batches: sum(train.batch_counts(b)[0] for b in batches)
+  count = lambda batches: sum(input_pipeline.batch_counts(b)[0] for b in batches)
   assert count(ours) > count(theirs)
   with pytest.raises(errors.UserError, match="packer='best' is not a packer; use 'first_fit'"):
-    train.train_dataset(**kwargs, packer="best")
+    input_pipeline.train_dataset(**kwargs, packer="best")
 
 
 def test_batch_counts_counts_packed_examples_and_tokens():
-  from trainer import train
   batch = {"encoder_input_tokens": np.array([[5, 6, 1, 7, 1, 0], [4, 1, 0, 0, 0, 0]]),
            "decoder_target_tokens": np.array([[3, 1, 3, 1], [2, 1, 0, 0]]),
            "decoder_segment_ids": np.array([[1, 1, 2, 2], [1, 1, 0, 0]])}
-  assert train.batch_counts(batch) == (3, 13)
+  assert input_pipeline.batch_counts(batch) == (3, 13)
 
 
 def test_truncation_is_reported_and_too_much_is_an_error(toy_task):
-  from trainer import train
+  from recast.trainer import train
   lengths = {"inputs": 64, "targets": 16}
-  report = train.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=lengths)
+  report = input_pipeline.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=lengths)
   # Every RTE input is longer than 64 pieces of the toy vocabulary; no target is.
   assert report["inputs"]["fraction"] == 1.0
   assert report["targets"]["fraction"] == 0.0
   assert report["targets"]["longest"] == 16  # "not entailment" + EOS
-  with pytest.raises(train.TrainingError, match=r"inputs: 100.0% longer than 64"):
-    train.check_truncation(report, task_feature_lengths=lengths, max_fraction=0.1,
+  with pytest.raises(input_pipeline.TruncationError, match=r"inputs: 100.0% longer than 64"):
+    input_pipeline.check_truncation(report, task_feature_lengths=lengths, max_fraction=0.1,
                            name=toy_task)
-  warning = train.check_truncation(report, task_feature_lengths=lengths, max_fraction=1.0,
+  warning = input_pipeline.check_truncation(report, task_feature_lengths=lengths, max_fraction=1.0,
                                    name=toy_task)
   assert f"'inputs': {max(64, -(-report['inputs']['p99'] // 8) * 8)}" in warning
   fits = {"inputs": 4096, "targets": 16}
-  assert train.check_truncation(
-      train.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=fits),
+  assert input_pipeline.check_truncation(
+      input_pipeline.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=fits),
       task_feature_lengths=fits, max_fraction=0.0, name=toy_task) is None
 
 
 def test_unknown_task_names_close_matches(toy_task):
-  from trainer import errors, train
+  from recast import errors
   with pytest.raises(errors.UserError, match=r"toy_rte_46.*did you mean toy_rte_64"):
-    train.get_mixture_or_task("toy_rte_46")
+    lookup.get_mixture_or_task("toy_rte_46")
 
 
 def test_drop_metrics_after_removes_rows_of_a_killed_run(tmp_path):
-  from trainer import metrics_writer, train
+  from recast import metrics_writer
+  from recast.trainer import train
   writer = metrics_writer.MetricsWriter(tmp_path, tensorboard=False)
   for step in (10, 20, 30):
     writer.write(step, "train", "", {"loss": 1.0 / step})
   with open(tmp_path / "metrics.jsonl", "a") as f:
     f.write('{"step": 40, "spl')  # torn by a kill
-  assert train.drop_metrics_after(tmp_path, 20) == 1
+  assert metrics_writer.drop_rows_after(tmp_path, 20) == 1
   assert [r["step"] for r in metrics_writer.read_metrics(tmp_path)] == [10, 20]
   writer.write(30, "train", "", {"loss": 0.5})
   assert [r["step"] for r in metrics_writer.read_metrics(tmp_path)] == [10, 20, 30]
@@ -197,7 +199,7 @@ def toy_run_flags(model_dir, *, steps, task=TOY_TASK, extra=()):
 def _shapes(config):
   import flax.linen as nn
   import jax
-  from trainer import network
+  from recast.trainer import network
   return jax.eval_shape(lambda r: nn.unbox(network.init_params(config, r)),
                         jax.random.PRNGKey(0))
 
@@ -210,7 +212,7 @@ def overfit_run(toy_task, tmp_path_factory):
   Returns (MODEL_DIR, what the run printed to stdout, to stderr)."""
   import contextlib
   import io
-  from trainer import cli
+  from recast import cli
   model_dir = tmp_path_factory.mktemp("overfit") / "run"
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -221,7 +223,7 @@ def overfit_run(toy_task, tmp_path_factory):
 
 
 def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
-  from trainer import metrics_writer
+  from recast import metrics_writer
   model_dir, out, err = overfit_run
   validation = {r["metric"]: r["value"] for r in metrics_writer.read_metrics(model_dir)
                 if r["split"] == "validation" and r["task"] == toy_task and r["step"] == 150}
@@ -245,7 +247,7 @@ def _snapshot(folder):
 
 
 def _run_cli(flags, capsys):
-  from trainer import cli
+  from recast import cli
   code = cli.main(flags)
   return code, capsys.readouterr().err
 
@@ -299,7 +301,8 @@ def test_initial_checkpoint_path_starts_from_its_parameters(overfit_run, tmp_pat
   """A parameter checkpoint (recast convert's format) of the overfit model: training
   starts at step 0 with fresh optimizer state but already-low loss; one of another shape
   is rejected before anything is written."""
-  from trainer import checkpoints, metrics_writer, network, run_checkpoints
+  from recast.trainer import checkpoints, network, run_checkpoints
+  from recast import metrics_writer
   model_dir = overfit_run[0]
   meta = run_checkpoints.read_meta(model_dir / "checkpoint_150")
   config = network.T5Config(**meta["model"])
@@ -326,14 +329,14 @@ def test_initial_checkpoint_path_starts_from_its_parameters(overfit_run, tmp_pat
 def _random_params(config):
   import flax.linen as nn
   import jax
-  from trainer import network
+  from recast.trainer import network
   return nn.unbox(network.init_params(config, jax.random.PRNGKey(0)))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_task, tmp_path,
                                                                    capsys):
   """Step 1 updates with learning rate 0; step 2 with 1e38 blows the parameters up."""
-  from trainer import run_checkpoints
+  from recast.trainer import run_checkpoints
   model_dir = tmp_path / "nan"
   code, err = _run_cli(toy_run_flags(model_dir, steps=4, extra=[
       "--gin.BATCH_SIZE=8", "--gin.CHECKPOINT_PERIOD=1",

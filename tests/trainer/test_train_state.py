@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from trainer import losses, network, optimizers, partitioning, train_state
+from recast.trainer import losses, network, optimizers, partitioning, train_state
 
 TINY = network.T5Config(vocab_size=64, d_model=32, num_heads=2, d_kv=8, d_ff=64,
                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import atomic_files, checkpoints, cli, fusion, metrics_writer, network, sweep
+from recast import atomic_files, cli, metrics_writer
+from recast.trainer import checkpoints, network
+from recast.jobs import fusion, sweep
 
 CONFIG = network.T5Config(vocab_size=128, d_model=32, num_heads=2, d_kv=8, d_ff=48,
                           num_encoder_layers=1, num_decoder_layers=2)
@@ -55,7 +57,7 @@ def _hf_folder(tmp_path, seed, vocab_size=128) -> Path:
 
 
 def _hf_checkpoint(tmp_path, seed) -> Path:
-  from trainer import convert
+  from recast.trainer import convert
   return convert.hf_to_recast(_hf_folder(tmp_path, seed), tmp_path / f"converted_{seed}")
 
 
@@ -173,8 +175,8 @@ def test_cli_average(tmp_path, capsys):
 
 
 def test_base_converted_from_hugging_face(tmp_path):
-  from tasks import vocabularies
-  from trainer import convert
+  from recast.tasks import vocabularies
+  from recast.trainer import convert
   byte = vocabularies.byte_vocabulary()
   hf = _hf_folder(tmp_path, 4, vocab_size=byte.vocab_size)
   kwargs = dict(vocabulary=byte, vocab_description=vocabularies.describe(byte), seed=0)
@@ -227,7 +229,7 @@ POOL = ["glue_rte", "glue_mrpc", "glue_cola", "super_glue_cb"]
 
 
 def _fuse_argv(fusion_dir, data_dir) -> list[str]:
-  return [sys.executable, "-m", "trainer", "fuse", "--gin_file=models/t5_1_1/tiny.gin",
+  return [sys.executable, "-m", "recast", "fuse", "--gin_file=models/t5_1_1/tiny.gin",
           "--gin_file=experiments/cold_fusion.gin", f"--gin.FUSION_DIR={fusion_dir}",
           f"--gin.DATA_DIR={data_dir}", "--gin.VOCABULARY='byte'",
           f"--gin.CONTRIBUTOR_POOL={POOL!r}", "--gin.ROUNDS=2",

@@ -35,7 +35,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from trainer import atomic_files, benchmark_scores, errors, metrics_writer
+from recast import atomic_files, errors, metrics_writer
+from recast.mixtures import benchmark_scores
 
 TEACHER_FORCED = ("loss", "token_accuracy")
 LOWER_IS_BETTER = ("loss",)

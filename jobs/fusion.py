@@ -46,9 +46,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from trainer import (atomic_files, checkpoints, errors, gin_config, metrics_writer,
-                     run_checkpoints, sweep)
-from trainer.network import T5Config
+from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.mixtures import lookup
+from recast.trainer import checkpoints, run_checkpoints
+from recast.jobs import sweep
+from recast.trainer.network import T5Config
 
 RULES = ("mean", "examples")
 # T5Config fields that change no parameter shape: they may differ between fused models.
@@ -299,7 +301,7 @@ class TrainLauncher:
               ) -> list[str]:
     """The argv of one run: the driver's flags, then `bindings` ("NAME=VALUE"), then
     `overrides` ({macro: python value})."""
-    cmd = [self.python, "-m", "trainer", "train"]
+    cmd = [self.python, "-m", "recast", "train"]
     cmd += [f"--gin_file={_absolute_if_exists(f)}" for f in self.gin_files]
     cmd += [f"--gin_search_paths={p}" for p in self.gin_search_paths]
     cmd += [f"--tasks_file={_absolute_if_exists(f)}" for f in self.tasks_files]
@@ -459,10 +461,9 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
   _compile(fusion_params)
   fusion_dir = Path(fusion_dir).resolve()
   launcher = launcher or TrainLauncher(gin_files=())
-  from trainer import train as train_lib
-  from tasks import vocabularies
-  tasks = {name: train_lib.get_mixture_or_task(name) for name in pool}
-  vocabulary = train_lib.output_vocabulary(tasks[pool[0]])
+  from recast.tasks import vocabularies
+  tasks = {name: lookup.get_mixture_or_task(name) for name in pool}
+  vocabulary = lookup.output_vocabulary(tasks[pool[0]])
   for name, task in tasks.items():
     if "train" not in task.splits:
       raise FusionError(f"pool task {name} has no train split ({', '.join(task.splits)})")
@@ -540,7 +541,7 @@ def _prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary
   fused = round_dir / "fused"
   if checkpoints.is_param_checkpoint(fused):
     return fused
-  from trainer import convert, network
+  from recast.trainer import convert, network
   if base_checkpoint is None:
     config = T5Config().with_vocab_size(vocabulary.vocab_size)
     params = network.init_params(config, jax.random.PRNGKey(seed))
@@ -602,7 +603,7 @@ class _RoundEvaluator:
     self._evaluator = None
 
   def evaluate(self, checkpoint: Path, *, round_index: int) -> dict[str, dict[str, float]]:
-    from trainer import evaluation
+    from recast.trainer import evaluation
     if self._evaluator is None:
       self._evaluator = evaluation.Evaluator(**self._kwargs)
     params = checkpoints.load_params(checkpoint)
@@ -616,13 +617,12 @@ class _RoundEvaluator:
 def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
                   evaluator: _RoundEvaluator) -> None:
   """Evaluates the round's fused model, writes its scores and metrics rows, then DONE."""
-  from trainer import train as train_lib
   round_dir = fusion_dir / f"round_{round_index}"
   if _is_done(round_dir):
     return
   scores = evaluator.evaluate(fused, round_index=round_index)
   atomic_files.write_json(round_dir / SCORES_FILE, scores)
-  train_lib.drop_metrics_after(fusion_dir, round_index - 1)
+  metrics_writer.drop_rows_after(fusion_dir, round_index - 1)
   writer = metrics_writer.MetricsWriter(fusion_dir)
   for task, values in scores.items():
     writer.write(round_index, "validation", task, values)
@@ -735,8 +735,6 @@ def main(args: argparse.Namespace) -> int:
     raise gin_config.GinConfigError(
         "recast fuse needs gin files: a model and the experiment, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion.gin")
-  from trainer import train as train_lib
-  train_lib.register_tasks()
   # Not finalized: MODEL_DIR and MIXTURE_OR_TASK_NAME are set per contributor run.
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from trainer import atomic_files, errors, gin_config, metrics_writer
+from recast import atomic_files, errors, gin_config, metrics_writer
 
 MODEL_GIN = "models/t5_1_1/tiny.gin"
 PRETRAIN_LENGTHS = {"inputs": 64, "targets": 14}  # random_spans_helper(64) -> 14 targets
@@ -44,7 +44,7 @@ def _stage(title: str) -> None:
 
 def majority_baselines(data_dir: Path, tasks: Mapping[str, str]) -> dict[str, float]:
   """Accuracy (%) of always predicting each task's most common validation target."""
-  from tasks import specs
+  from recast.tasks import specs
   baselines = {}
   for task_name, folder in tasks.items():
     spec = specs.task_spec(task_name)
@@ -57,7 +57,7 @@ def majority_baselines(data_dir: Path, tasks: Mapping[str, str]) -> dict[str, fl
 
 
 def _train(bindings: list[str], run_file: str) -> None:
-  from trainer import train
+  from recast.trainer import train
   gin_config.parse_gin([MODEL_GIN, run_file], bindings)
   train.train()
 
@@ -74,15 +74,14 @@ def main(args: argparse.Namespace) -> int:
 
   import seqio
 
-  from mixtures import rates
-  from tasks import demo, vocab_build
-  from trainer import train
+  from recast.mixtures import rates
+  from recast.tasks import demo_tasks as demo, vocab_build
+  from recast.trainer import train
 
   started = time.time()
   workdir = Path(args.workdir).resolve()
   if args.fresh and workdir.exists():
     shutil.rmtree(workdir)
-  train.register_tasks()
 
   _stage("1/5 generating the demo tasks")
   data_dir = workdir / "data"
@@ -100,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         required_text=vocab_build.label_names(names))
   print(f"  {vocab_path}: {VOCAB_PIECES} pieces + 100 sentinel ids")
 
-  from tasks import pretraining
+  from recast.tasks import pretraining
   pretrain_tasks = [pretraining.pretraining_task(n, "span_corruption").name for n in names]
   for mixture, members in (("demo_self_pretraining", pretrain_tasks), ("demo", names)):
     seqio.MixtureRegistry.remove(mixture)
@@ -154,7 +153,7 @@ def results_table(scores: Mapping[str, float], baselines: Mapping[str, float]) -
 
 
 def _write_report(model_dir: Path, out: Path) -> None:
-  from trainer import report
+  from recast.jobs import report
   report.write_report([model_dir], out_dir=out)
   print(f"  report (tables and plots): {out}")
 

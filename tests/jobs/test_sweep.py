@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import metrics_writer, sweep
+from recast import metrics_writer
+from recast.jobs import sweep
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
@@ -35,7 +36,7 @@ HOOK = textwrap.dedent("""
     import json, os, time
     _hangs = json.loads(os.environ.get("SWEEP_TEST_HANGS", "{}"))
     if _hangs:
-      from trainer import metrics_writer
+      from recast import metrics_writer
       _write = metrics_writer.MetricsWriter.write
       def _write_then_hang(self, step, *args, **kwargs):
         _write(self, step, *args, **kwargs)
@@ -70,7 +71,7 @@ def task_file(shared_data, tmp_path_factory) -> Path:
   folder = tmp_path_factory.mktemp("task")
   with open(shared_data / "glue/rte/train.jsonl") as f:
     (folder / "train.jsonl").write_text("".join(next(f) for _ in range(64)))
-  path = folder / "tasks.yaml"
+  path = folder / "recast.tasks.yaml"
   path.write_text(textwrap.dedent(f"""\
       tasks:
         - name: {TASK}
@@ -129,7 +130,7 @@ def test_points_cross_the_grid_into_named_trials(tmp_path, task_file):
   assert "MIXTURE_OR_TASK_NAME='sweep_rte_64'" in trials[5].bindings
   assert "TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}" in trials[5].bindings
   command = trials[5].train_command(spec)
-  assert command[1:4] == ["-m", "trainer", "train"]
+  assert command[1:4] == ["-m", "recast", "train"]
   assert "--gin_file=models/t5_1_1/tiny.gin" in command
   assert f"--gin.MODEL_DIR='{trials[5].model_dir}'" in command
   # A gin_file axis puts its file first, as T5X orders model and run files.
@@ -187,7 +188,7 @@ def test_bad_binding_is_rejected_before_any_trial_starts(tmp_path, task_file, ch
 
 
 def test_cli_reports_a_bad_spec_without_a_traceback(tmp_path, task_file, capsys):
-  from trainer import cli
+  from recast import cli
   path = _write_spec(tmp_path / "bad.yaml", _spec(tmp_path, task_file, grid={"SEED": []},
                                                  points=[]))
   assert cli.main(["sweep", str(path)]) == 2
@@ -356,7 +357,7 @@ def sweep_run(ray_session, task_file, tmp_path_factory):
 
   # Phase 1: `recast sweep` in a subprocess, joined to this Ray.
   log = open(tmp / "driver.log", "w")
-  driver = subprocess.Popen([sys.executable, "-m", "trainer", "sweep", str(path),
+  driver = subprocess.Popen([sys.executable, "-m", "recast", "sweep", str(path),
                              f"--address={ray_session}"], stdout=log,
                             stderr=subprocess.STDOUT, cwd=tmp)
   trial_pid = None

@@ -15,9 +15,22 @@ from typing import Any, Iterable, Optional, Sequence
 
 import gin
 
-from trainer import errors
+from recast import atomic_files, errors
 
-GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
+
+
+def _gin_dir() -> Path:
+  """recast's gin files: package data in an installed wheel (recast/gin/), the checkout's
+  top-level gin/ folder in a source or editable install."""
+  here = Path(__file__).resolve().parent
+  for candidate in (here / "gin", here.parent / "gin"):
+    if (candidate / "runs").is_dir():
+      return candidate
+  raise FileNotFoundError(f"recast's gin files are missing: neither {here / 'gin'} nor "
+                          f"{here.parent / 'gin'} exists; reinstall recast")
+
+
+GIN_DIR = _gin_dir()
 _BINDING_FLAG = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
 
 
@@ -174,7 +187,6 @@ def _is_required(value: Any) -> bool:
 
 def write_config_files(model_dir: str | os.PathLike, *, operative: bool) -> None:
   """Writes `config.gin` (as parsed) or `operative_config.gin` (as used) atomically."""
-  from trainer import atomic_files  # local: keeps this module import-light
   name = "operative_config.gin" if operative else "config.gin"
   text = gin.operative_config_str() if operative else gin.config_str()
   atomic_files.write_text(Path(model_dir) / name, text)

@@ -5,7 +5,9 @@ import csv
 
 import pytest
 
-from trainer import benchmark_scores, cli, metrics_writer, report
+from recast.mixtures import benchmark_scores
+from recast import cli, metrics_writer
+from recast.jobs import report
 
 # A full set of GLUE metrics (percent), as the evaluator writes them for the glue mixture.
 GLUE_FINAL = {

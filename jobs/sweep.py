@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from trainer import atomic_files, errors, gin_config, metrics_writer
+from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.mixtures import lookup
 
 SPEC_KEYS = {
     "name": "the sweep's folder under storage_path (default: the spec file's name)",
@@ -108,7 +109,7 @@ class Trial:
 
   def train_command(self, spec: "SweepSpec") -> list[str]:
     """`python -m trainer train ...` for this trial."""
-    command = [sys.executable, "-m", "trainer", "train"]
+    command = [sys.executable, "-m", "recast", "train"]
     command += [f"--gin_file={f}" for f in self.gin_files]
     command += [f"--gin_search_paths={p}" for p in spec.gin_search_paths]
     command += [f"--tasks_file={t}" for t in spec.tasks_files]
@@ -346,9 +347,8 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   required macro left unset, a task or mixture that is not registered.
   """
   import gin
-  from trainer import train
-  from tasks import task_files
-  train.register_tasks()
+  from recast.trainer import train
+  from recast.tasks import task_files
   for path in spec.tasks_files:
     task_files.register_task_file(path)
   known_macros: dict[tuple, set] = {}
@@ -373,7 +373,7 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
         gin_config.require_macros(train.REQUIRED_MACROS, run_file=", ".join(trial.gin_files))
         task_name = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
         if isinstance(task_name, str):
-          train.get_mixture_or_task(task_name)
+          lookup.get_mixture_or_task(task_name)
       except errors.UserError as e:
         raise type(e)(f"{where}: {e}") from None
   finally:
@@ -461,7 +461,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   """
   import ray
   from ray import tune
-  from trainer import run_checkpoints
+  from recast.trainer import run_checkpoints
   trial, run = runs[config["trial"]]["trial"], runs[config["trial"]]["run"]
   model_dir = Path(trial["model_dir"])
   model_dir.mkdir(parents=True, exist_ok=True)
@@ -659,7 +659,7 @@ def summarize_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
   (train) are summarised here. Best is the minimum for losses, else the maximum.
   Throughput and learning-rate rows are left out.
   """
-  from trainer import report
+  from recast.jobs import report
   final, best, last_step, step = {}, {}, {}, 0
   for row in rows:
     step = max(step, int(row["step"]))
@@ -874,7 +874,7 @@ def _plot(trials: Sequence[Trial], group_rows: Sequence[Mapping[str, Any]],
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  from trainer import report
+  from recast.jobs import report
   report.write_plots({t.name: metrics_writer.read_metrics(t.model_dir) for t in trials},
                      results)
   means = [c[:-len(" final mean")] for c in (group_rows[0] if group_rows else {})

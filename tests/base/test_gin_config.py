@@ -5,7 +5,7 @@ import importlib
 import gin
 import pytest
 
-from trainer import gin_config
+from recast import gin_config
 
 
 def test_a_folder_named_like_an_include_folder_does_not_break_includes(tmp_path,

@@ -15,18 +15,18 @@ from typing import Optional, Sequence
 
 # (module, one-line help, takes gin flags)
 SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
-    "train": ("trainer.train", "train or fine-tune a model from gin files", True),
-    "eval": ("trainer.evaluation", "evaluate one or all checkpoints of a run", True),
-    "infer": ("trainer.infer", "predict or score with a checkpoint", True),
-    "tasks": ("tasks.inspect", "list tasks and mixtures, show rendered examples", True),
-    "vocab": ("tasks.vocab_build", "build a SentencePiece vocabulary", True),
-    "convert": ("trainer.convert", "convert checkpoints to and from Hugging Face T5", False),
-    "sweep": ("trainer.sweep", "run a grid of runs with Ray", True),
-    "fuse": ("trainer.fusion", "ColD Fusion rounds; average checkpoints", True),
-    "eval-base": ("trainer.recycling", "model-recycling evaluation of a base model", True),
-    "distill": ("trainer.distillation", "distil a teacher into a student", True),
-    "report": ("trainer.report", "tables and plots from run folders", False),
-    "demo": ("trainer.demo", "the quickstart: a small multitask study, no downloads", False),
+    "train": ("recast.trainer.train", "train or fine-tune a model from gin files", True),
+    "eval": ("recast.trainer.evaluation", "evaluate one or all checkpoints of a run", True),
+    "infer": ("recast.trainer.infer", "predict or score with a checkpoint", True),
+    "tasks": ("recast.tasks.inspect", "list tasks and mixtures, show rendered examples", True),
+    "vocab": ("recast.tasks.vocab_build", "build a SentencePiece vocabulary", True),
+    "convert": ("recast.trainer.convert", "convert checkpoints to and from Hugging Face T5", False),
+    "sweep": ("recast.jobs.sweep", "run a grid of runs with Ray", True),
+    "fuse": ("recast.jobs.fusion", "ColD Fusion rounds; average checkpoints", True),
+    "eval-base": ("recast.jobs.eval_base", "model-recycling evaluation of a base model", True),
+    "distill": ("recast.trainer.distillation", "distil a teacher into a student", True),
+    "report": ("recast.jobs.report", "tables and plots from run folders", False),
+    "demo": ("recast.jobs.demo", "the quickstart: a small multitask study, no downloads", False),
 }
 
 
@@ -41,7 +41,7 @@ def _configure_runtime() -> None:
 
 def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:
   """The parser; only the chosen subcommand's module is imported (keeps --help fast)."""
-  from trainer import gin_config
+  from recast import gin_config
   parser = argparse.ArgumentParser(
       prog="recast", description="Multi-task text-to-text training: SeqIO tasks, T5 in JAX, "
       "gin configs, Ray sweeps.")
@@ -68,7 +68,7 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _configure_runtime()
-  from trainer import errors, gin_config
+  from recast import errors, gin_config
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     argv, bindings = gin_config.split_gin_bindings(argv)
@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"recast {args.command} takes no --gin.NAME=VALUE bindings")
   try:
     if getattr(args, "tasks_file", None):
-      from tasks import task_files
+      from recast.tasks import task_files
       for path in args.tasks_file:
         task_files.register_task_file(path)
     return int(module.main(args) or 0)

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from trainer import atomic_files, checkpoints, cli, fusion, metrics_writer, network, recycling
+from recast import atomic_files, cli, metrics_writer
+from recast.trainer import checkpoints, network
+from recast.jobs import fusion, eval_base as recycling
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +84,7 @@ def _eval_base_argv(out, data_dir, reference) -> list[str]:
 
 @pytest.mark.timeout(2400)
 def test_eval_base_on_real_tasks(shared_data, tmp_path, monkeypatch):
-  from tasks import vocabularies
+  from recast.tasks import vocabularies
   monkeypatch.chdir(REPO)
   config = network.T5Config(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_encoder_layers=2,
                             num_decoder_layers=2).with_vocab_size(

@@ -24,8 +24,11 @@ from typing import Any, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from trainer import atomic_files, checkpoints, errors, fusion, gin_config, metrics_writer
-from trainer.network import T5Config
+from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.mixtures import lookup
+from recast.trainer import checkpoints
+from recast.jobs import fusion
+from recast.trainer.network import T5Config
 
 MODELS = ("base", "reference")
 SCRATCH = "scratch"
@@ -39,15 +42,14 @@ class RecyclingError(errors.UserError):
 def task_names(tasks: str | Sequence[str]) -> list[str]:
   """A mixture's member tasks (e.g. "recycling36"), a task name, or a list of names."""
   import seqio
-  from trainer import train as train_lib
   if isinstance(tasks, str):
-    return [t.name for t in seqio.get_subtasks(train_lib.get_mixture_or_task(tasks))]
+    return [t.name for t in seqio.get_subtasks(lookup.get_mixture_or_task(tasks))]
   names = list(tasks)
   if not names:
     raise RecyclingError("EVAL_BASE_TASKS is empty; give a mixture (e.g. 'recycling36') or "
                          "a list of tasks")
   for name in names:
-    train_lib.get_mixture_or_task(name)
+    lookup.get_mixture_or_task(name)
   return names
 
 
@@ -151,7 +153,7 @@ def _model_source(name: str, checkpoint: Optional[str], output_dir: Path
   the model gin file), a recast checkpoint, or a Hugging Face folder (converted once)."""
   if checkpoint is None or checkpoint == SCRATCH:
     return None, []
-  from trainer import convert
+  from recast.trainer import convert
   path = Path(checkpoint).resolve()
   if (path / convert.CONFIG_FILE).is_file() and not checkpoints.is_param_checkpoint(path):
     converted = output_dir / name / "converted"
@@ -236,8 +238,6 @@ def main(args: argparse.Namespace) -> int:
     raise gin_config.GinConfigError(
         "recast eval-base needs gin files: a model and the recipe, e.g. "
         "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion/eval_base.gin")
-  from trainer import train as train_lib
-  train_lib.register_tasks()
   gin_config.parse_gin(args.gin_file, args.gin_bindings,
                        gin_search_paths=args.gin_search_paths, finalize=False)
   evaluate_base(launcher=fusion.TrainLauncher(

@@ -15,8 +15,8 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from tasks import specs
-from trainer import atomic_files
+from recast.tasks import specs
+from recast import atomic_files
 
 SPLIT_SIZES = {"train": 2000, "validation": 200}
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional
 
-from trainer import atomic_files
+from recast import atomic_files
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -65,3 +65,18 @@ def read_metrics(model_dir: str | os.PathLike) -> list[dict]:
   """All rows of MODEL_DIR/metrics.jsonl (a torn last line from a kill is skipped)."""
   path = Path(model_dir) / METRICS_FILE
   return atomic_files.read_jsonl(path) if path.exists() else []
+
+
+def drop_rows_after(model_dir: str | os.PathLike, step: int) -> int:
+  """Removes metrics.jsonl rows written after checkpoint `step` by a run that was then
+  killed (they will be written again); returns how many were removed."""
+  path = Path(model_dir) / METRICS_FILE
+  if not path.exists():
+    return 0
+  rows = read_metrics(model_dir)
+  kept = [r for r in rows if r["step"] <= step]
+  torn = path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+  if len(kept) != len(rows) or torn:  # a torn last line would glue onto the next append
+    atomic_files.write_jsonl(path, kept)
+  return len(rows) - len(kept)
+
