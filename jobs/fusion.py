@@ -48,7 +48,7 @@ import orbax.checkpoint as ocp
 
 from recast import atomic_files, errors, gin_config, metrics_writer
 from recast.mixtures import lookup
-from recast.trainer import checkpoints, run_checkpoints
+from recast.trainer import checkpoints
 from recast.jobs import sweep
 from recast.trainer.network import T5Config
 
@@ -93,18 +93,11 @@ class FusionInput:
 
 def open_checkpoint(path: str | os.PathLike) -> FusionInput:
   """A parameter checkpoint, a run's MODEL_DIR (its newest checkpoint) or a checkpoint_N."""
-  path = Path(path)
-  if checkpoints.is_param_checkpoint(path):
-    return FusionInput(path, (path / checkpoints.PARAMS_DIR).resolve(), (),
-                       checkpoints.read_metadata(path))
-  step_dir = run_checkpoints._step_dir(path) if path.is_dir() else None
-  if step_dir is None:
-    raise FusionError(
-        f"{path} holds no checkpoint: give parameter checkpoints (with "
-        f"{checkpoints.METADATA_FILE}, e.g. from `recast convert hf-to-recast`), runs' "
-        f"MODEL_DIRs or {run_checkpoints.STEP_PREFIX}_N folders")
-  return FusionInput(path, (step_dir / "state").resolve(), ("params",),
-                     run_checkpoints.read_meta(step_dir))
+  try:
+    ref = checkpoints.resolve(path, what="fusion input")[-1]
+  except checkpoints.CheckpointError as e:
+    raise FusionError(str(e)) from None
+  return FusionInput(Path(path), ref.array_dir, ref.params_prefix, ref.meta)
 
 
 def param_structs(source: FusionInput) -> dict[str, jax.ShapeDtypeStruct]:
@@ -559,7 +552,7 @@ def _prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary
     raise FusionError(
         f"base checkpoint {base} has vocab_size {config.vocab_size} but the pool's vocabulary "
         f"has {vocabulary.vocab_size} ids; set --gin.VOCABULARY to the base's vocabulary")
-  run_checkpoints.check_vocabulary(source.vocabulary, vocab_description, source=str(base))
+  checkpoints.check_vocabulary(source.vocabulary, vocab_description, source=str(base))
   if source.path != fused:
     average_checkpoints([base], out=fused)  # a copy, streamed
   return fused
@@ -579,7 +572,7 @@ def _run_contributors(fusion_dir: Path, round_index: int, chosen: Sequence[str],
     command = launcher.command(overrides, bindings=architecture_bindings(config))
 
     def on_done(task=task, model_dir=model_dir):
-      if run_checkpoints.checkpoint_steps(model_dir)[-1:] != [steps]:
+      if checkpoints.checkpoint_steps(model_dir)[-1:] != [steps]:
         raise FusionError(f"contributor {task} finished without a checkpoint at step {steps} "
                           f"in {model_dir}; see its train.log")
       atomic_files.write_json(model_dir / DONE, {"task": task, "steps": steps})

@@ -461,14 +461,14 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   """
   import ray
   from ray import tune
-  from recast.trainer import run_checkpoints
+  from recast.trainer import checkpoints
   trial, run = runs[config["trial"]]["trial"], runs[config["trial"]]["run"]
   model_dir = Path(trial["model_dir"])
   model_dir.mkdir(parents=True, exist_ok=True)
   restored = tune.get_checkpoint()
   attempts = atomic_files.read_jsonl(model_dir / ATTEMPTS_FILE) if (
       model_dir / ATTEMPTS_FILE).exists() else []
-  steps = run_checkpoints.checkpoint_steps(model_dir)
+  steps = checkpoints.checkpoint_steps(model_dir)
   env = trial_environment(os.environ, gpus=run["gpus"], extra=run["env"])
   atomic_files.append_jsonl(model_dir / ATTEMPTS_FILE, [{
       "attempt": len(attempts) + 1, "started": time.time(),
@@ -490,7 +490,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
     try:
       while True:
         returncode = proc.poll()
-        new_steps = [s for s in run_checkpoints.checkpoint_steps(model_dir)
+        new_steps = [s for s in checkpoints.checkpoint_steps(model_dir)
                      if s not in reported]
         if tail.poll() or new_steps:
           _report(tune, tail, model_dir, new_steps[-1] if new_steps else None)

@@ -185,6 +185,35 @@ def _is_required(value: Any) -> bool:
   return value is gin.REQUIRED or repr(value) == "%gin.REQUIRED"
 
 
+def parse_run_flags(args: argparse.Namespace, *, command: str,
+                    required_macros: Iterable[str] = (), default_gin_files: Sequence[str] = (),
+                    example: Optional[str] = None, finalize: bool = True) -> list[str]:
+  """Every subcommand's opening: its gin files (or `default_gin_files`), parsed with the
+  `--gin.NAME=VALUE` bindings and search paths, required macros checked, then finalized.
+
+  Args:
+    args: the parsed flags (`gin_file`, `gin_bindings`, `gin_search_paths`).
+    command: the subcommand, for messages ("train").
+    required_macros: macros that must be bound (e.g. MODEL_DIR).
+    default_gin_files: used when no --gin_file is given (e.g. ["runs/eval.gin"]).
+    example: when set and no gin file is given or defaulted, the GinConfigError names these
+      flags as what to add (e.g. "--gin_file=models/t5_1_1/small.gin --gin_file=runs/...").
+    finalize: lock the config (False for commands that bind more per run, e.g. fusion).
+  Returns:
+    The gin files parsed.
+  """
+  gin_files = list(args.gin_file) or list(default_gin_files)
+  if not gin_files and example:
+    raise GinConfigError(f"recast {command} needs gin files: a model and a run file, e.g. "
+                         f"{example}")
+  parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths,
+            finalize=False)
+  require_macros(required_macros, run_file=", ".join(gin_files) or "the gin files")
+  if finalize:
+    gin.finalize()
+  return gin_files
+
+
 def write_config_files(model_dir: str | os.PathLike, *, operative: bool) -> None:
   """Writes `config.gin` (as parsed) or `operative_config.gin` (as used) atomically."""
   name = "operative_config.gin" if operative else "config.gin"

@@ -187,8 +187,7 @@ def _print_show(shown: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
+  gin_config.parse_run_flags(args, command="tasks", finalize=False)
   if args.tasks_command == "list":
     listing = list_tasks()
     print(json.dumps(listing, indent=2, sort_keys=True)) if args.json else \

@@ -20,8 +20,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import sentencepiece as spm
 
-from recast.tasks import specs, vocabularies
 from recast import errors, gin_config
+from recast.tasks import sources, specs, vocabularies
 
 
 class VocabBuildError(errors.UserError):
@@ -46,7 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def task_text(task_names: Sequence[str], *, split: str = "train") -> Iterator[str]:
   """Lines of natural text from the source examples of `split` of each task."""
-  from recast.tasks import sources
   for name in task_names:
     spec = specs.task_spec(name)
     source = sources.TaskDataSource(spec)
@@ -128,9 +127,7 @@ def _check_encodes(model_file: Path, texts: Sequence[str]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-  import recast.tasks  # noqa: F401  (registers the built-in tasks)
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
+  gin_config.parse_run_flags(args, command="vocab", finalize=False)
   if not args.task and not args.text_file:
     raise VocabBuildError("give at least one --task or --text_file")
   if args.vocab_size < 8:

@@ -1,6 +1,7 @@
-"""recast's parameter checkpoints: what `INITIAL_CHECKPOINT_PATH` and `recast convert` use.
+"""recast's checkpoints: parameter checkpoints, a run's training checkpoints, and the one
+resolver of the paths users give (INITIAL_CHECKPOINT_PATH, CHECKPOINT_PATH, fusion inputs).
 
-A parameter checkpoint is a folder:
+A parameter checkpoint (`recast convert`, `recast fuse average`) is a folder:
 
     DST/
       recast_checkpoint.json   {"format": 1, "model": T5Config fields, "vocabulary": ...}
@@ -8,14 +9,24 @@ A parameter checkpoint is a folder:
       spiece.model             the SentencePiece vocabulary (optional)
 
 It is written under a temporary name and renamed into place, so a folder that exists is
-complete. Training checkpoints (model, optimizer and data state, under MODEL_DIR) are the
-trainer's; they point at the same `params` layout.
+complete. A run's training checkpoints (orbax; T5X's `checkpoint_<step>` names) are
+
+    MODEL_DIR/checkpoint_1000/
+      state/   the train state pytree (step, params, opt_state), sharded as in training
+      meta/    JSON: {"format", "step", "data_position", "model", "vocabulary", ...}
+
+`data_position` is the number of global batches the run has consumed, so a resumed run
+skips exactly that many and continues the data stream: no batch repeated or skipped.
+`resolve` turns any of the three forms a user may name (a parameter checkpoint, a run's
+MODEL_DIR, one `checkpoint_N` folder) into checkpoint folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -26,16 +37,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from recast import atomic_files, errors
+from recast.tasks import vocabularies
 from recast.trainer.network import T5Config
 
 METADATA_FILE = "recast_checkpoint.json"
 PARAMS_DIR = "params"
 VOCAB_FILE = "spiece.model"
 FORMAT_VERSION = 1
+STEP_PREFIX = "checkpoint"
+_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
 
 
 class CheckpointError(errors.UserError):
   """A checkpoint that cannot be read or does not fit the model; says what to do."""
+
+
+# ------------------------------------------------------------------------------------------
+# Parameter checkpoints
 
 
 def is_param_checkpoint(path: str | os.PathLike) -> bool:
@@ -112,3 +130,187 @@ def check_params_match(params: Any, expected: Any, *, source: str) -> None:
 
 def _key(path) -> str:
   return "/".join(str(getattr(p, "key", p)) for p in path)
+
+
+# ------------------------------------------------------------------------------------------
+# A run's training checkpoints
+
+
+def _handlers() -> dict:
+  return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class RunCheckpoints:
+  """Saves and restores the training checkpoints in `model_dir`.
+
+  Args:
+    model_dir: the run's folder (MODEL_DIR).
+    keep: how many of the newest checkpoints to keep (None keeps all).
+    async_save: write in a background thread while training continues; default: on
+      accelerators, off on CPU.
+  """
+
+  def __init__(self, model_dir: str | os.PathLike, *, keep: Optional[int] = None,
+               async_save: Optional[bool] = None):
+    if async_save is None:
+      async_save = jax.default_backend() != "cpu"
+    self.model_dir = Path(model_dir).resolve()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, step_prefix=STEP_PREFIX, create=True,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.model_dir, options=options,
+                                          item_handlers=_handlers())
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, *, meta: dict) -> None:
+    """Saves `state` (a pytree of jax arrays) and `meta` (JSON) as checkpoint `step`.
+
+    `meta` should hold `data_position`, `model` (T5Config.to_dict()) and `vocabulary`.
+    """
+    meta = {"format": FORMAT_VERSION, "step": int(step), **meta}
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores checkpoint `step` into the structure, shapes and shardings of
+    `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with `.sharding`)."""
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def wait(self) -> None:
+    """Blocks until an asynchronous save has been committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+  """Steps of the committed training checkpoints in `model_dir` (oldest first)."""
+  model_dir = Path(model_dir)
+  if not model_dir.is_dir():
+    return []
+  steps = []
+  for child in model_dir.iterdir():
+    match = _STEP_DIR.match(child.name)
+    if match and (child / "meta").is_dir() and (child / "state").is_dir():
+      steps.append(int(match.group(1)))
+  return sorted(steps)
+
+
+
+def read_meta(step_dir: str | os.PathLike) -> dict:
+  """The JSON metadata saved with one training checkpoint folder (checkpoint_N)."""
+  handler = ocp.Checkpointer(ocp.JsonCheckpointHandler())
+  return handler.restore(Path(step_dir).resolve() / "meta")
+
+
+def saved_param_shapes(step_dir: str | os.PathLike) -> dict:
+  """{path: shape} tree of the `params` saved in a training checkpoint (no data read)."""
+  handler = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  tree = handler.metadata(Path(step_dir).resolve() / "state").item_metadata.tree
+  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype),
+                                tree["params"])
+
+
+def check_compatible(step_dir: str | os.PathLike, *, expected_params: Any,
+                     vocabulary: Optional[dict]) -> dict:
+  """Raises CheckpointError when a training checkpoint's parameter shapes or vocabulary
+  differ from the model's; returns its metadata. Reads no array data."""
+  meta = read_meta(step_dir)
+  check_vocabulary(meta.get("vocabulary"), vocabulary, source=str(step_dir))
+  shapes = saved_param_shapes(step_dir)
+  check_params_match(shapes, expected_params, source=str(step_dir))
+  return meta
+
+
+def check_vocabulary(saved: Optional[dict], current: Optional[dict], *, source: str) -> None:
+  """Raises a UserError when the vocabulary a checkpoint was trained with (its saved
+  `tasks.vocabularies.describe`) is not the task's; unknown on either side: accepted."""
+  if saved and current:
+    vocabularies.check_compatible(saved, current, what=f"checkpoint {source}")
+
+
+def load_initial_params(path: str | os.PathLike, *, expected_params: Any,
+                        vocabulary: Optional[dict]) -> Any:
+  """Parameters for INITIAL_CHECKPOINT_PATH as numpy float32 arrays.
+
+  `path` is anything `resolve` takes (its newest checkpoint). Raises CheckpointError
+  (nothing is written) when it holds no checkpoint or does not fit the model
+  (`expected_params`: the model's parameter tree or its `jax.eval_shape`).
+  """
+  ref = resolve(path, what="INITIAL_CHECKPOINT_PATH")[-1]
+  if ref.is_param_checkpoint:
+    meta = read_metadata(ref.folder)
+    check_vocabulary(meta.get("vocabulary"), vocabulary, source=str(ref.folder))
+    params = load_params(ref.folder)
+    check_params_match(params, expected_params, source=str(ref.folder))
+    return params
+  check_compatible(ref.folder, expected_params=expected_params, vocabulary=vocabulary)
+  handler = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+  state = handler.restore(ref.array_dir)
+  return jax.tree_util.tree_map(np.asarray, state["params"])
+
+
+# ------------------------------------------------------------------------------------------
+# The one resolver
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+  """One checkpoint folder: a parameter checkpoint or a run's `checkpoint_N`."""
+  step: int
+  folder: Path
+  is_param_checkpoint: bool
+
+  @property
+  def meta(self) -> dict:
+    """Its JSON metadata (model config, vocabulary, ...)."""
+    return read_metadata(self.folder) if self.is_param_checkpoint else read_meta(self.folder)
+
+  @property
+  def array_dir(self) -> Path:
+    """The orbax PyTree folder holding its arrays."""
+    return (self.folder / (PARAMS_DIR if self.is_param_checkpoint else "state")).resolve()
+
+  @property
+  def params_prefix(self) -> tuple[str, ...]:
+    """Keys from the PyTree's root to the parameter tree (a train state nests `params`)."""
+    return () if self.is_param_checkpoint else ("params",)
+
+
+def is_step_dir(path: str | os.PathLike) -> bool:
+  """True for one training checkpoint folder (`checkpoint_N` with state/ and meta/)."""
+  path = Path(path)
+  return (path / "state").is_dir() and (path / "meta").is_dir()
+
+
+def resolve(path: str | os.PathLike, *, mode: str = "latest",
+            what: str = "the checkpoint path") -> list[CheckpointRef]:
+  """The checkpoint folders `path` names, oldest first: a parameter checkpoint (its step
+  from the metadata, else 0), one `checkpoint_N` folder, or a run's MODEL_DIR (its newest
+  checkpoint with mode="latest", every one with mode="all").
+
+  Raises CheckpointError naming `what` (e.g. "CHECKPOINT_PATH") when `path` holds none.
+  """
+  if mode not in ("all", "latest"):
+    raise CheckpointError(f"mode={mode!r}: use 'all' or 'latest'")
+  path = Path(path)
+  if is_param_checkpoint(path):
+    return [CheckpointRef(int(read_metadata(path).get("step", 0)), path, True)]
+  if is_step_dir(path):
+    return [CheckpointRef(int(read_meta(path)["step"]), path, False)]
+  steps = checkpoint_steps(path)
+  if not steps:
+    raise CheckpointError(
+        f"{what} {path} holds no checkpoint: point it at a run's MODEL_DIR, one of its "
+        f"{STEP_PREFIX}_N folders, or a parameter checkpoint (with {METADATA_FILE}, e.g. "
+        "from `recast convert`)")
+  steps = steps if mode == "all" else steps[-1:]
+  return [CheckpointRef(s, path / f"{STEP_PREFIX}_{s}", False) for s in steps]

@@ -45,8 +45,8 @@ import numpy as np
 from recast import atomic_files, errors, gin_config
 from recast.mixtures import lookup
 from recast.tasks import pretraining, vocabularies
-from recast.trainer import (decoding, evaluation, losses, network, partitioning, train as train_lib,
-                            train_state as train_state_lib)
+from recast.trainer import (checkpoints, decoding, evaluation, losses, network, partitioning,
+                            train as train_lib, train_state as train_state_lib)
 from recast.trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
@@ -152,12 +152,8 @@ def load_teacher(path: str | os.PathLike, *, vocabulary: Any,
   if not Path(path).exists():
     raise DistillationError(f"TEACHER_CHECKPOINT_PATH {path} does not exist; point it at a "
                             "fine-tuned run's MODEL_DIR or a parameter checkpoint")
-  try:
-    _, folder = evaluation.checkpoints_to_evaluate(path, mode="latest")[-1]
-  except evaluation.EvaluationError as e:
-    raise DistillationError(str(e).replace("CHECKPOINT_PATH", "TEACHER_CHECKPOINT_PATH",
-                                           1)) from None
-  meta = evaluation.checkpoint_metadata(folder)
+  ref = checkpoints.resolve(path, what="TEACHER_CHECKPOINT_PATH")[-1]
+  meta, folder = ref.meta, ref.folder
   if "model" not in meta:
     raise DistillationError(f"teacher checkpoint {folder} records no model config; use a "
                             "checkpoint written by recast (or `recast convert`)")
@@ -180,7 +176,7 @@ def load_teacher(path: str | os.PathLike, *, vocabulary: Any,
         f"teacher checkpoint {folder} has vocab_size {teacher_config.vocab_size}, the "
         f"student {student_config.vocab_size} (from its tasks' {task_vocabulary['type']} "
         f"vocabulary of {task_vocabulary['size']} ids); {shared}")
-  _, params = evaluation.load_checkpoint(folder, vocabulary=vocabulary)
+  _, params = evaluation.load_checkpoint(ref, vocabulary=vocabulary)
   # The teacher computes in the run's activation dtype, never with dropout.
   config = teacher_config.replace(dtype=student_config.dtype, dropout_rate=0.0)
   return Teacher(path=str(folder), config=config, params=params)
@@ -497,8 +493,7 @@ def main(args: argparse.Namespace) -> int:
   --gin.TEACHER_CHECKPOINT_PATH=... --gin.MODEL_DIR=...`: `recast train` that insists on
   runs/distill.gin (which `recast train` and `recast sweep` can use as well)."""
   run_files = ", ".join(args.gin_file) or "no gin files"
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
+  gin_config.parse_run_flags(args, command="distill", finalize=False)
   if gin_config.macro_value("TEACHER_CHECKPOINT_PATH", None) is None:
     raise gin_config.GinConfigError(
         f"recast distill needs the run file runs/distill.gin (got {run_files}), after the "

@@ -33,8 +33,7 @@ import tensorflow as tf
 from recast import atomic_files, errors, gin_config, metrics_writer
 from recast.mixtures import benchmark_scores, lookup
 from recast.tasks import vocabularies
-from recast.trainer import (checkpoints, decoding, network, partitioning, run_checkpoints,
-                            train_state)
+from recast.trainer import checkpoints, decoding, network, partitioning, train_state
 from recast.trainer.network import T5Config
 
 PREDICTIONS_DIR = "inference_eval"
@@ -295,46 +294,18 @@ def _with_index(index, example):
 # `recast eval`
 
 
-def checkpoints_to_evaluate(path: str | os.PathLike, *, mode: str = "all"
-                            ) -> list[tuple[int, Path]]:
-  """[(step, folder)] for CHECKPOINT_PATH: a parameter checkpoint (step from its metadata,
-  else 0), one `checkpoint_N` folder, or a run's MODEL_DIR (every checkpoint with
-  mode="all", the newest with mode="latest")."""
-  path = Path(path)
-  if mode not in ("all", "latest"):
-    raise EvaluationError(f"evaluate_checkpoints.mode={mode!r}: use 'all' or 'latest'")
-  if checkpoints.is_param_checkpoint(path):
-    return [(int(checkpoints.read_metadata(path).get("step", 0)), path)]
-  if (path / "state").is_dir() and (path / "meta").is_dir():
-    return [(int(run_checkpoints.read_meta(path)["step"]), path)]
-  steps = run_checkpoints.checkpoint_steps(path)
-  if not steps:
-    raise EvaluationError(
-        f"CHECKPOINT_PATH {path} holds no checkpoint: point it at a run's MODEL_DIR, one of "
-        f"its {run_checkpoints.STEP_PREFIX}_N folders, or a parameter checkpoint (with "
-        f"{checkpoints.METADATA_FILE})")
-  steps = steps if mode == "all" else steps[-1:]
-  return [(s, path / f"{run_checkpoints.STEP_PREFIX}_{s}") for s in steps]
 
-
-def checkpoint_metadata(folder: Path) -> dict:
-  """The JSON metadata of a parameter checkpoint or of one training checkpoint folder."""
-  if checkpoints.is_param_checkpoint(folder):
-    return checkpoints.read_metadata(folder)
-  return run_checkpoints.read_meta(folder)
-
-
-def load_checkpoint(folder: Path, *, vocabulary: seqio.Vocabulary
+def load_checkpoint(ref: checkpoints.CheckpointRef, *, vocabulary: seqio.Vocabulary
                     ) -> tuple[T5Config, Any]:
-  """(model config, numpy parameters) of a parameter or training checkpoint folder, after
-  checking its vocabulary against the task's."""
-  meta = checkpoint_metadata(folder)
+  """(model config, numpy parameters) of a parameter or training checkpoint, after checking
+  its vocabulary against the task's."""
+  meta, folder = ref.meta, ref.folder
   if "model" not in meta:
     raise EvaluationError(f"checkpoint {folder} records no model config; evaluate a "
                           "checkpoint written by recast")
   config = T5Config(**meta["model"])
   expected = jax.eval_shape(lambda r: network.init_params(config, r), jax.random.PRNGKey(0))
-  params = run_checkpoints.load_initial_params(
+  params = checkpoints.load_initial_params(
       folder, expected_params=expected, vocabulary=vocabularies.describe(vocabulary))
   return config, params
 
@@ -352,19 +323,22 @@ def evaluate_checkpoints(*, checkpoint_path: str = gin.REQUIRED,
   holding the checkpoints); a parameter checkpoint needs it set (EVAL_OUTPUT_DIR).
   The Evaluator's other settings (batch_size, num_examples, decoding_options) come from gin.
   """
-  found = checkpoints_to_evaluate(checkpoint_path, mode=mode)
+  if mode not in ("all", "latest"):
+    raise EvaluationError(f"evaluate_checkpoints.mode={mode!r}: use 'all' or 'latest'")
+  found = checkpoints.resolve(checkpoint_path, mode=mode, what="CHECKPOINT_PATH")
   if output_dir is None:
     if checkpoints.is_param_checkpoint(checkpoint_path):
       raise EvaluationError(
           f"{checkpoint_path} is a parameter checkpoint; set --gin.EVAL_OUTPUT_DIR=... for "
           "the metrics and predictions")
-    output_dir = found[0][1].parent
+    output_dir = found[0].folder.parent
   vocabulary = lookup.output_vocabulary(lookup.get_mixture_or_task(mixture_or_task_name))
   writer = metrics_writer.MetricsWriter(output_dir, enabled=jax.process_index() == 0)
   evaluator, all_results = None, {}
   try:
-    for step, folder in found:
-      config, params = load_checkpoint(folder, vocabulary=vocabulary)
+    for ref in found:
+      step = ref.step
+      config, params = load_checkpoint(ref, vocabulary=vocabulary)
       if evaluator is None or evaluator.config != config.with_vocab_size(vocabulary.vocab_size):
         evaluator = Evaluator(mixture_or_task_name=mixture_or_task_name,
                               task_feature_lengths=task_feature_lengths, config=config,
@@ -389,8 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=... ...`."""
-  gin_files = args.gin_file or ["runs/eval.gin"]
-  gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
-  gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
+  gin_config.parse_run_flags(args, command="eval", required_macros=REQUIRED_MACROS,
+                             default_gin_files=["runs/eval.gin"])
   evaluate_checkpoints()
   return 0

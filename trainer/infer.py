@@ -58,12 +58,12 @@ def read_input_file(path: str | Path) -> list[dict[str, str]]:
   return rows
 
 
-def checkpoint_vocabulary(folder: Path, meta: Mapping[str, Any]) -> seqio.Vocabulary:
+def checkpoint_vocabulary(ref: checkpoints.CheckpointRef) -> seqio.Vocabulary:
   """The vocabulary a checkpoint records: its spiece.model, else its metadata, else the
   VOCABULARY gin macro / environment (tasks.vocabularies.get_vocabulary)."""
-  described = meta.get("vocabulary") or {}
+  described = ref.meta.get("vocabulary") or {}
   extra_ids = int(described.get("extra_ids", vocabularies.EXTRA_IDS))
-  spiece = checkpoints.vocabulary_file(folder) if checkpoints.is_param_checkpoint(folder) else None
+  spiece = checkpoints.vocabulary_file(ref.folder) if ref.is_param_checkpoint else None
   if spiece is not None:
     return vocabularies.sentencepiece_vocabulary(str(spiece), extra_ids)
   if described.get("type") == "byte":
@@ -138,7 +138,7 @@ def infer(*, checkpoint_path: str = gin.REQUIRED,
     raise InferError("set exactly one of MIXTURE_OR_TASK_NAME (predict for a task split) "
                      "and INPUT_FILE (a .txt or .jsonl file of inputs)")
   lengths = dict(task_feature_lengths)
-  _, folder = evaluation.checkpoints_to_evaluate(checkpoint_path, mode="latest")[-1]
+  ref = checkpoints.resolve(checkpoint_path, what="CHECKPOINT_PATH")[-1]
   examples = None
   if mixture_or_task_name is not None:
     task = lookup.get_mixture_or_task(mixture_or_task_name)
@@ -153,11 +153,11 @@ def infer(*, checkpoint_path: str = gin.REQUIRED,
     if mode == "score" and any("targets" not in r for r in rows):
       raise InferError(f"score mode needs targets: give {input_file} as JSONL with "
                        "\"inputs\" and \"targets\" fields")
-    vocabulary = checkpoint_vocabulary(folder, evaluation.checkpoint_metadata(folder))
+    vocabulary = checkpoint_vocabulary(ref)
     name = Path(input_file).stem
   if not rows:
     raise InferError(f"no inputs in {input_file or mixture_or_task_name}")
-  config, params = evaluation.load_checkpoint(folder, vocabulary=vocabulary)
+  config, params = evaluation.load_checkpoint(ref, vocabulary=vocabulary)
   config = config.with_vocab_size(vocabulary.vocab_size)
   partitioner = partitioning.Partitioner()
   params = evaluation.shard_params(params, config, partitioner)
@@ -203,8 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=... ...`."""
-  gin_files = args.gin_file or ["runs/infer.gin"]
-  gin_config.parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths)
-  gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(gin_files))
+  gin_config.parse_run_flags(args, command="infer", required_macros=REQUIRED_MACROS,
+                             default_gin_files=["runs/infer.gin"])
   infer()
   return 0

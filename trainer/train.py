@@ -24,8 +24,8 @@ import numpy as np
 from recast import atomic_files, errors, gin_config, metrics_writer
 from recast.mixtures import lookup
 from recast.tasks import vocabularies
-from recast.trainer import (evaluation, input_pipeline, network, optimizers, partitioning,
-                            run_checkpoints, train_state as train_state_lib)
+from recast.trainer import (checkpoints, evaluation, input_pipeline, network, optimizers,
+                            partitioning, train_state as train_state_lib)
 from recast.trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
@@ -176,7 +176,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to do",
           flush=True)
     return {}
-  checkpoints = run_checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
+  manager = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
   data_position = int(resume_meta["data_position"]) if resume_step is not None else 0
@@ -201,10 +201,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     train_step = train_state_lib.BackgroundCompiledStep(train_step, abstract_state, first[1],
                                                         dropout_rng)
   if resume_step is not None:
-    state, _ = checkpoints.restore(resume_step, abstract_state)
+    state, _ = manager.restore(resume_step, abstract_state)
     if is_chief:
       metrics_writer.drop_rows_after(model_dir, resume_step)
-      print(f"resuming from {model_dir}/{run_checkpoints.STEP_PREFIX}_{resume_step}",
+      print(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}",
             flush=True)
   else:
     state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
@@ -226,7 +226,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       local, batch = next(batches)
       state, metrics = train_step(state, batch, dropout_rng)
       if pending is not None:
-        window.append(_fetch_finite(*pending, checkpoints=checkpoints))
+        window.append(_fetch_finite(*pending, manager=manager))
       pending = (step, metrics)
       examples, tokens = input_pipeline.batch_counts(local)
       progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
@@ -237,7 +237,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       eval_due = bool(eval_period) and step % eval_period == 0
       if not (stats_due or checkpoint_due or eval_due):
         continue
-      window.append(_fetch_finite(*pending, checkpoints=checkpoints))
+      window.append(_fetch_finite(*pending, manager=manager))
       pending = None
       if stats_due:
         summary = _summarize(window)
@@ -245,7 +245,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         writer.write(step, "train", "", summary)
         window = []
       if checkpoint_due:
-        checkpoints.save(step, state, meta=dict(
+        manager.save(step, state, meta=dict(
             meta, data_position=data_position + step - start_step))
       if eval_due:
         _evaluate(evaluator, state.params, step=step, writer=writer)
@@ -253,8 +253,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     progress.close()
     if evaluator is not None:
       evaluator.close()
-    checkpoints.wait()
-    checkpoints.close()
+    manager.wait()
+    manager.close()
     writer.close()
   return summary
 
@@ -266,29 +266,29 @@ def _restore_source(model_dir: Path, initial_checkpoint_path: Optional[str], *,
   or None for random init).
 
   Checks shapes and vocabulary; raises CheckpointError before anything is written."""
-  steps = run_checkpoints.checkpoint_steps(model_dir)
+  steps = checkpoints.checkpoint_steps(model_dir)
   if steps:
-    step_dir = model_dir / f"{run_checkpoints.STEP_PREFIX}_{steps[-1]}"
-    meta = run_checkpoints.check_compatible(step_dir, expected_params=expected_params,
+    step_dir = model_dir / f"{checkpoints.STEP_PREFIX}_{steps[-1]}"
+    meta = checkpoints.check_compatible(step_dir, expected_params=expected_params,
                                             vocabulary=vocabulary)
     return steps[-1], meta, None
   if initial_checkpoint_path:
-    return None, None, run_checkpoints.load_initial_params(
+    return None, None, checkpoints.load_initial_params(
         initial_checkpoint_path, expected_params=expected_params, vocabulary=vocabulary)
   return None, None, None
 
 
 def _fetch_finite(step: int, metrics: Mapping[str, Any], *,
-                  checkpoints: run_checkpoints.RunCheckpoints) -> dict[str, float]:
+                  manager: checkpoints.RunCheckpoints) -> dict[str, float]:
   """Host values of one step's metrics; TrainingError when its loss or the norm of the
   parameters it produced is not finite (that state is never saved)."""
   values = {name: float(value) for name, value in metrics.items()}
   bad = [f"{name} is {values[name]}" for name in ("loss", "param_norm")
          if name in values and not math.isfinite(values[name])]
   if bad:
-    checkpoints.wait()
-    last = checkpoints.latest_step()
-    kept = (f"the last good checkpoint, {run_checkpoints.STEP_PREFIX}_{last}, is intact"
+    manager.wait()
+    last = manager.latest_step()
+    kept = (f"the last good checkpoint, {checkpoints.STEP_PREFIX}_{last}, is intact"
             if last is not None else "no checkpoint was saved")
     raise TrainingError(
         f"{' and '.join(bad)} at step {step}; stopped, and {kept}. Lower LEARNING_RATE, "
@@ -346,14 +346,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast train --gin_file=models/... --gin_file=runs/finetune.gin --gin.NAME=VALUE`."""
-  if not args.gin_file:
-    raise gin_config.GinConfigError(
-        "recast train needs gin files: a model and a run file, e.g. "
-        "--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
-  gin_config.require_macros(REQUIRED_MACROS, run_file=", ".join(args.gin_file))
-  gin.finalize()
+  gin_config.parse_run_flags(
+      args, command="train", required_macros=REQUIRED_MACROS,
+      example="--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
   if not partitioning.initialize_distributed() and args.multiprocess:
     import jax
     jax.distributed.initialize()

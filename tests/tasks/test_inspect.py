@@ -39,7 +39,8 @@ def test_list_json_names_sources_and_splits(tmp_path, capsys):
   assert by_name["glue_cola"]["metrics"] == ["matthews_corrcoef"]
   assert "unavailable" in by_name["glue_cola"]["source"]  # DATA_DIR lacks glue/cola
   assert [t["name"] for t in listing["tasks"]] == sorted(by_name)
-  assert sorted(listing) == ["mixtures", "tasks"]
+  assert sorted(listing) == ["derived_objectives", "mixtures", "tasks"]
+  assert {"span_corruption", "prefix_lm", "bert_mlm"} <= set(listing["derived_objectives"])
   assert cli.main(["tasks", "list"]) == 0
   assert "tfds:glue/rte:2.0.0  [train, validation, test]" in capsys.readouterr().out
 
@@ -64,3 +65,24 @@ def test_unknown_names_and_splits_are_user_errors(tmp_path, capsys):
   gin.parse_config(f"DATA_DIR = '{tmp_path}'")
   with pytest.raises(sources.LocalDataError, match="no split 'train'.*available: validation"):
     tasks_inspect.show_examples("glue_rte", split="train")
+
+
+def test_show_derived_task_prints_span_corrupted_text_with_sentinels(tmp_path, capsys):
+  """`recast tasks show glue_rte_span_corruption` finds the derived task (the lookup every
+  command shares) and spells its sentinels as T5 does."""
+  rows = [{"idx": i, "sentence1": f"The cat number {i} sat on the mat all day long.",
+           "sentence2": "A cat sat.", "label": i % 2} for i in range(8)]
+  folder = tmp_path / "glue" / "rte"
+  folder.mkdir(parents=True)
+  (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert cli.main(["tasks", "show", "glue_rte_span_corruption", "-n", "2", "--json",
+                   f"--gin.DATA_DIR={tmp_path}", "--gin.VOCABULARY='byte'",
+                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"]) == 0
+  shown = json.loads(capsys.readouterr().out)
+  assert [ex["task"] for ex in shown["examples"]] == ["glue_rte_span_corruption"] * 2
+  for ex in shown["examples"]:
+    assert "<extra_id_0>" in ex["inputs"] and ex["targets"].startswith("<extra_id_0>")
+    assert ex["inputs_length"] == 64
+    # Inputs keep the text outside the noise spans; the labels never appear.
+    assert "cat" in ex["inputs"] + ex["targets"]
+    assert "entailment" not in ex["inputs"] + ex["targets"]

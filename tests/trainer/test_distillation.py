@@ -189,9 +189,9 @@ def distilled(shared_data, tmp_path_factory):
 
 
 def _predictions(run_dir, inputs, vocabulary):
-  from recast.trainer import distillation, evaluation, partitioning
-  _, folder = evaluation.checkpoints_to_evaluate(run_dir, mode="latest")[-1]
-  config, params = evaluation.load_checkpoint(folder, vocabulary=vocabulary)
+  from recast.trainer import checkpoints, distillation, evaluation, partitioning
+  ref = checkpoints.resolve(run_dir)[-1]
+  config, params = evaluation.load_checkpoint(ref, vocabulary=vocabulary)
   labels = distillation.greedy_labels(config, params, inputs, target_length=LENGTHS["targets"],
                                       input_length=LENGTHS["inputs"], batch_size=64,
                                       partitioner=partitioning.Partitioner())

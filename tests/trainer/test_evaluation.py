@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from recast.tasks import metrics as task_metrics
 from recast.tasks import vocabularies
-from recast.trainer import checkpoints, evaluation, network, run_checkpoints
+from recast.trainer import checkpoints, evaluation, network
 from recast import cli, metrics_writer
 
 VOCAB = seqio.ByteVocabulary()
@@ -147,7 +147,7 @@ def test_recast_eval_of_a_parameter_checkpoint(tmp_path, capsys):
 
 def test_recast_eval_of_every_checkpoint_in_a_run(tmp_path):
   run = tmp_path / "run"
-  saver = run_checkpoints.RunCheckpoints(run)
+  saver = checkpoints.RunCheckpoints(run)
   meta = {"model": CONFIG.to_dict(), "vocabulary": vocabularies.describe(VOCAB),
           "data_position": 0}
   random_params = jax.tree_util.tree_map(

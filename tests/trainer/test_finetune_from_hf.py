@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 
-from recast.trainer import checkpoints, convert, run_checkpoints
+from recast.trainer import checkpoints, convert
 from recast import gin_config, metrics_writer  # noqa: E402
 
 # gin/models/t5_1_1/tiny.gin's architecture; the byte vocabulary (359 ids) pads to 384.
@@ -50,14 +50,14 @@ def test_converted_checkpoint_fine_tunes_and_evaluates(hf_converted, shared_data
   # Learning rate 0: the trained parameters are exactly the converted Hugging Face ones.
   frozen = tmp_path / "frozen"
   _train(frozen, hf_converted, shared_data, learning_rate=0.0, steps=2)
-  state = run_checkpoints.load_initial_params(frozen, expected_params=start, vocabulary=None)
+  state = checkpoints.load_initial_params(frozen, expected_params=start, vocabulary=None)
   for a, b in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(state)):
     np.testing.assert_array_equal(a, b)
 
   # A real learning rate moves them, and evaluation writes RTE's metrics.
   tuned = tmp_path / "tuned"
   _train(tuned, hf_converted, shared_data, learning_rate=1e-3, steps=3)
-  params = run_checkpoints.load_initial_params(tuned, expected_params=start, vocabulary=None)
+  params = checkpoints.load_initial_params(tuned, expected_params=start, vocabulary=None)
   moved = [not np.array_equal(a, b) for a, b in
            zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(params))]
   assert all(moved)

@@ -301,12 +301,12 @@ def test_initial_checkpoint_path_starts_from_its_parameters(overfit_run, tmp_pat
   """A parameter checkpoint (recast convert's format) of the overfit model: training
   starts at step 0 with fresh optimizer state but already-low loss; one of another shape
   is rejected before anything is written."""
-  from recast.trainer import checkpoints, network, run_checkpoints
+  from recast.trainer import checkpoints, network
   from recast import metrics_writer
   model_dir = overfit_run[0]
-  meta = run_checkpoints.read_meta(model_dir / "checkpoint_150")
+  meta = checkpoints.read_meta(model_dir / "checkpoint_150")
   config = network.T5Config(**meta["model"])
-  params = run_checkpoints.load_initial_params(model_dir, expected_params=_shapes(config),
+  params = checkpoints.load_initial_params(model_dir, expected_params=_shapes(config),
                                                vocabulary=meta["vocabulary"])
   ckpt = checkpoints.save_param_checkpoint(tmp_path / "init", params, config=config,
                                            vocabulary=meta["vocabulary"])
@@ -323,7 +323,7 @@ def test_initial_checkpoint_path_starts_from_its_parameters(overfit_run, tmp_pat
   loss = [r["value"] for r in metrics_writer.read_metrics(tmp_path / "ft")
           if r["metric"] == "loss"]
   assert len(loss) == 1 and loss[0] < 0.1  # from scratch the first loss is about 5
-  assert run_checkpoints.read_meta(tmp_path / "ft" / "checkpoint_1")["data_position"] == 1
+  assert checkpoints.read_meta(tmp_path / "ft" / "checkpoint_1")["data_position"] == 1
 
 
 def _random_params(config):
@@ -336,7 +336,7 @@ def _random_params(config):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_task, tmp_path,
                                                                    capsys):
   """Step 1 updates with learning rate 0; step 2 with 1e38 blows the parameters up."""
-  from recast.trainer import run_checkpoints
+  from recast.trainer import checkpoints
   model_dir = tmp_path / "nan"
   code, err = _run_cli(toy_run_flags(model_dir, steps=4, extra=[
       "--gin.BATCH_SIZE=8", "--gin.CHECKPOINT_PERIOD=1",
@@ -346,4 +346,4 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(toy_task, tmp_
       "--gin.linear_warmup_schedule.total_steps=10"]), capsys)
   assert code == 2
   assert "at step 2" in err and "checkpoint_1, is intact" in err and "LEARNING_RATE" in err
-  assert run_checkpoints.checkpoint_steps(model_dir) == [1]
+  assert checkpoints.checkpoint_steps(model_dir) == [1]
