@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo bench clean
+.PHONY: install install-gpu test demo bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip==26.3
 	$(PY) -m pip install -q -c constraints.txt -e ".[hf,dev]"
 	touch $(STAMP)
+
+# JAX's CUDA 12 build on top of `install` (NVIDIA driver needed; CUDA libraries come from pip).
+install-gpu: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[hf,dev,gpu]"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from benchmarks import measure
+from benchmarks import measure, tables, trace_summary, train_step
 from benchmarks.train_step import RecastTrainer, synthetic_batch
 from recast.trainer import flops
 from recast.trainer.network import T5Config
@@ -47,9 +47,8 @@ def _background_step(config: T5Config, batch: Mapping[str, np.ndarray],
   """recast's train step for `config`, compiling now in a second thread
   (`train_state.BackgroundCompiledStep`, as `recast train` does)."""
   import jax
-  from benchmarks import train_step as train_step_lib
   from recast.trainer import train_state
-  optimizer, partitioner, step = train_step_lib._jitted(config)  # noqa: SLF001
+  optimizer, partitioner, step = train_step.jitted_step(config)
   abstract_state = train_state.abstract_train_state(config, optimizer, partitioner)
   abstract_batch = {name: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                sharding=partitioner.batch_sharding)
@@ -244,7 +243,6 @@ def profile(trainer: RecastTrainer, device_batch, out_dir: str, *, steps: int = 
   import os
 
   import jax
-  from benchmarks import trace_summary
   trainer.steps(device_batch, 1)
   jax.profiler.start_trace(out_dir, create_perfetto_trace=True)
   start = time.perf_counter()
@@ -292,7 +290,6 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=None, help="JSON path for every number")
   args = parser.parse_args(argv)
   clock = time.perf_counter()
-  from benchmarks import run, trace_summary, train_step  # run first: it sets JAX's allocator
   import jax
   backend_start = time.perf_counter()
   reason = gpu_skip_reason()
@@ -365,7 +362,7 @@ def main(argv=None) -> int:
     del trainer_and_batch
     results["mfu"].append(r)
     save()
-    run.print_gpu(r)
+    tables.print_gpu(r)
   state = None
   if args.numerics and "numerics" not in results and in_budget("numerics"):
     numerics()
@@ -375,7 +372,7 @@ def main(argv=None) -> int:
         repetitions=args.repetitions, device="cuda",
         torch_compile=not args.no_torch_compile)
     save()
-    run.print_train_step(results["train_step"])
+    tables.print_train_step(results["train_step"])
   measured = [r["mfu"] or 0 for r in results["mfu"] if "skipped" not in r]
   print(json.dumps({"best_mfu": max(measured, default=None)}))
   return 0

@@ -44,7 +44,7 @@ def synthetic_batch(*, batch_size: int, task_feature_lengths: Mapping[str, int],
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(config: T5Config):
+def jitted_step(config: T5Config):
   """(optimizer, partitioner, train_step) per config, so that sections of one run reuse
   compilations of the same shapes."""
   partitioner = Partitioner()
@@ -64,7 +64,7 @@ class RecastTrainer:
     import jax
     import jax.numpy as jnp
     self.config = config
-    optimizer, self.partitioner, self.train_step = _jitted(config)
+    optimizer, self.partitioner, self.train_step = jitted_step(config)
     if state is not None:
       self.state = jax.tree_util.tree_map(jnp.copy, state)
     else:

@@ -35,21 +35,21 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import seqio
 
 from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.jobs import launcher
 from recast.mixtures import lookup
-from recast.trainer import checkpoints
-from recast.jobs import sweep
+from recast.tasks import vocabularies
+from recast.trainer import checkpoints, convert, evaluation, network
 from recast.trainer.network import T5Config
 
 RULES = ("mean", "examples")
@@ -276,112 +276,10 @@ def check_settings(*, pool: Sequence[str], rounds: int, contributors_per_round: 
     raise FusionError(f"FUSION_RULE={fusion_rule!r}: use one of {', '.join(RULES)}")
 
 
-@dataclasses.dataclass
-class TrainLauncher:
-  """Runs `recast train` subprocesses with the driver's gin files and bindings.
-
-  `gin_files`, `gin_search_paths`, `bindings` ("NAME=VALUE") and `tasks_files` are the
-  driver's own; each job adds its own bindings (MODEL_DIR, task, INITIAL_CHECKPOINT_PATH,
-  ...), which win because they come last.
-  """
-  gin_files: Sequence[str]
-  bindings: Sequence[str] = ()
-  gin_search_paths: Sequence[str] = ()
-  tasks_files: Sequence[str] = ()
-  python: str = sys.executable
-
-  def command(self, overrides: Mapping[str, Any], *, bindings: Sequence[str] = ()
-              ) -> list[str]:
-    """The argv of one run: the driver's flags, then `bindings` ("NAME=VALUE"), then
-    `overrides` ({macro: python value})."""
-    cmd = [self.python, "-m", "recast", "train"]
-    cmd += [f"--gin_file={_absolute_if_exists(f)}" for f in self.gin_files]
-    cmd += [f"--gin_search_paths={p}" for p in self.gin_search_paths]
-    cmd += [f"--tasks_file={_absolute_if_exists(f)}" for f in self.tasks_files]
-    cmd += [f"--gin.{b}" for b in (*self.bindings, *bindings)]
-    cmd += [f"--gin.{name}={_gin_literal(value)}" for name, value in overrides.items()]
-    return cmd
-
-
-def _absolute_if_exists(path: str) -> str:
-  return str(Path(path).resolve()) if os.path.exists(path) else path
-
-
-def _gin_literal(value: Any) -> str:
-  return repr(str(value)) if isinstance(value, Path) else repr(value)
-
-
-def run_train_job(command: Sequence[str], *, log_file: str | os.PathLike,
-                  env: Optional[Mapping[str, str]] = None) -> None:
-  """Runs one `recast train` command, its output appended to `log_file`; FusionError with
-  the log's tail when it fails."""
-  log_file = Path(log_file)
-  log_file.parent.mkdir(parents=True, exist_ok=True)
-  with open(log_file, "ab") as log:
-    log.write(("$ " + " ".join(command) + "\n").encode())
-    log.flush()
-    rc = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT,
-                        env={**os.environ, **(env or {})}).returncode
-  if rc != 0:
-    tail = log_file.read_text(errors="replace").splitlines()[-15:]
-    raise FusionError(f"`recast train` exited with {rc}; the end of {log_file}:\n" +
-                      "\n".join(tail))
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainJob:
-  """One `recast train` run: its argv, log file, and driver-side callbacks run when it is
-  started (submitted, with Ray) and after it succeeded."""
-  command: list[str]
-  log_file: Path
-  on_start: Callable[[], None] = lambda: None
-  on_done: Callable[[], None] = lambda: None
-
-
-def run_jobs(jobs: Sequence[TrainJob], *, parallel: str,
-             ray_address: Optional[str] = None) -> None:
-  """Runs `recast train` jobs: one per GPU in parallel through Ray (parallel="ray", or
-  "auto" with 2+ GPUs or a Ray address), else one after another."""
-  if parallel not in ("auto", "ray", "sequential"):
-    raise FusionError(f"fusion parallel={parallel!r}: use 'auto', 'ray' or 'sequential'")
-  use_ray = parallel == "ray" or (parallel == "auto" and (ray_address or _gpu_count() > 1))
-  if not use_ray or len(jobs) < 2:
-    for job in jobs:
-      job.on_start()
-      run_train_job(job.command, log_file=job.log_file)
-      job.on_done()
-    return
-  import ray
-  sweep.connect_ray(address=ray_address, log_to_driver=False)
-  gpus = ray.cluster_resources().get("GPU", 0)
-  remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(_ray_job)
-  pending = {}
-  for job in jobs:
-    job.on_start()
-    pending[remote.remote(job.command, str(job.log_file))] = job
-  while pending:
-    done, _ = ray.wait(list(pending), num_returns=1)
-    ray.get(done[0])  # re-raises the job's FusionError
-    pending.pop(done[0]).on_done()
-
-
-def _ray_job(command: list[str], log_file: str) -> None:
-  # Ray sets CUDA_VISIBLE_DEVICES for the task; the subprocess sees only its own GPU.
-  run_train_job(command, log_file=log_file, env={"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"})
-
-
-def _gpu_count() -> int:
-  if not shutil.which("nvidia-smi"):
-    return 0
-  try:
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
-  except (OSError, subprocess.SubprocessError):
-    return 0
-  return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-
-
-def _is_done(folder: Path) -> bool:
-  return (folder / DONE).is_file()
+def is_done(folder: str | os.PathLike) -> bool:
+  """Whether `folder` (a round, a contributor's or an eval-base run's MODEL_DIR) holds the
+  DONE marker written once it finished; resumed jobs skip such folders."""
+  return (Path(folder) / DONE).is_file()
 
 
 def _event(fusion_dir: Path, event: str, **fields: Any) -> None:
@@ -398,7 +296,6 @@ def architecture_bindings(config: T5Config) -> list[str]:
 
 def pool_mixture_name(pool: Sequence[str]) -> str:
   """Registers (once) an equal-rate seqio mixture of the pool; returns its name."""
-  import seqio
   if len(pool) == 1:
     return pool[0]
   name = "cold_fusion_pool_" + hashlib.sha1(",".join(pool).encode()).hexdigest()[:10]
@@ -429,7 +326,7 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
                 seed: int = 0, eval_num_examples: Optional[int] = None,
                 eval_batch_size: int = 32, parallel: str = "auto",
                 ray_address: Optional[str] = None,
-                launcher: Optional[TrainLauncher] = None) -> list[dict]:
+                train_flags: Optional[launcher.TrainFlags] = None) -> list[dict]:
   """Runs (or resumes) ColD Fusion; returns the per-round score rows (round 0: the base).
 
   Args:
@@ -445,16 +342,16 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
       round's shared model.
     seed: contributor sampling, base init and contributors' SEED (seed + round).
     eval_num_examples, eval_batch_size: the fused models' validation on every pool task.
-    parallel, ray_address: see `run_jobs`.
-    launcher: how `recast train` is started (the driver's gin flags); set by `main`.
+    parallel, ray_address: see launcher.run_jobs.
+    train_flags: the driver's gin flags every contributor's `recast train` gets; set by
+      `main`.
   """
   pool = list(pool)
   check_settings(pool=pool, rounds=rounds, contributors_per_round=contributors_per_round,
                  contributor_steps=contributor_steps, fusion_rule=fusion_rule)
   _compile(fusion_params)
   fusion_dir = Path(fusion_dir).resolve()
-  launcher = launcher or TrainLauncher(gin_files=())
-  from recast.tasks import vocabularies
+  train_flags = train_flags or launcher.TrainFlags(gin_files=())
   tasks = {name: lookup.get_mixture_or_task(name) for name in pool}
   vocabulary = lookup.output_vocabulary(tasks[pool[0]])
   for name, task in tasks.items():
@@ -468,7 +365,7 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
   examples = ({n: _train_examples(t, n) for n, t in tasks.items()}
               if fusion_rule == "examples" else {})
   vocab_description = vocabularies.describe(vocabulary)
-  base = _prepare_base(fusion_dir / "round_0", base_checkpoint=base_checkpoint,
+  base = prepare_base(fusion_dir / "round_0", base_checkpoint=base_checkpoint,
                        vocabulary=vocabulary, vocab_description=vocab_description, seed=seed)
   config = checkpoints.load_config(base)
   atomic_files.write_json(fusion_dir / SETTINGS_FILE, dict(settings, rounds=rounds))
@@ -479,14 +376,14 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
     _finish_round(fusion_dir, 0, base, evaluator)
     for r in range(1, rounds + 1):
       round_dir = fusion_dir / f"round_{r}"
-      if _is_done(round_dir):
+      if is_done(round_dir):
         continue
       shared = fusion_dir / f"round_{r - 1}" / "fused"
       chosen = sample_contributors(pool, round_index=r, count=contributors_per_round,
                                    seed=seed)
       atomic_files.write_json(round_dir / "contributors.json", chosen)
       _run_contributors(fusion_dir, r, chosen, shared=shared, config=config,
-                        launcher=launcher, steps=contributor_steps, seed=seed,
+                        train_flags=train_flags, steps=contributor_steps, seed=seed,
                         parallel=parallel, ray_address=ray_address)
       fused = round_dir / "fused"
       if not checkpoints.is_param_checkpoint(fused):
@@ -527,14 +424,13 @@ def _train_examples(task, name: str) -> int:
   return int(count)
 
 
-def _prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary: Any,
+def prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary: Any,
                   vocab_description: dict, seed: int) -> Path:
   """round_0/fused: the base as a parameter checkpoint (random init, a copy of a recast
   checkpoint, or converted from Hugging Face); checks its vocabulary against the pool's."""
   fused = round_dir / "fused"
   if checkpoints.is_param_checkpoint(fused):
     return fused
-  from recast.trainer import convert, network
   if base_checkpoint is None:
     config = T5Config().with_vocab_size(vocabulary.vocab_size)
     params = network.init_params(config, jax.random.PRNGKey(seed))
@@ -559,17 +455,18 @@ def _prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary
 
 
 def _run_contributors(fusion_dir: Path, round_index: int, chosen: Sequence[str], *,
-                      shared: Path, config: T5Config, launcher: TrainLauncher, steps: int,
+                      shared: Path, config: T5Config, train_flags: launcher.TrainFlags,
+                      steps: int,
                       seed: int, parallel: str, ray_address: Optional[str]) -> None:
   jobs = []
   for task in chosen:
     model_dir = fusion_dir / f"round_{round_index}" / "contributors" / task
-    if _is_done(model_dir):
+    if is_done(model_dir):
       continue
     overrides = {"MODEL_DIR": str(model_dir), "MIXTURE_OR_TASK_NAME": task,
                  "INITIAL_CHECKPOINT_PATH": str(shared), "TRAIN_STEPS": steps,
                  "SEED": seed + round_index}
-    command = launcher.command(overrides, bindings=architecture_bindings(config))
+    command = train_flags.command(overrides, bindings=architecture_bindings(config))
 
     def on_done(task=task, model_dir=model_dir):
       if checkpoints.checkpoint_steps(model_dir)[-1:] != [steps]:
@@ -580,8 +477,8 @@ def _run_contributors(fusion_dir: Path, round_index: int, chosen: Sequence[str],
 
     on_start = lambda task=task: _event(fusion_dir, "contributor_started", round=round_index,
                                         task=task)
-    jobs.append(TrainJob(command, model_dir / "train.log", on_start, on_done))
-  run_jobs(jobs, parallel=parallel, ray_address=ray_address)
+    jobs.append(launcher.TrainJob(command, model_dir / launcher.LOG_FILE, on_start, on_done))
+  launcher.run_jobs(jobs, parallel=parallel, ray_address=ray_address)
 
 
 class _RoundEvaluator:
@@ -596,7 +493,6 @@ class _RoundEvaluator:
     self._evaluator = None
 
   def evaluate(self, checkpoint: Path, *, round_index: int) -> dict[str, dict[str, float]]:
-    from recast.trainer import evaluation
     if self._evaluator is None:
       self._evaluator = evaluation.Evaluator(**self._kwargs)
     params = checkpoints.load_params(checkpoint)
@@ -611,7 +507,7 @@ def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
                   evaluator: _RoundEvaluator) -> None:
   """Evaluates the round's fused model, writes its scores and metrics rows, then DONE."""
   round_dir = fusion_dir / f"round_{round_index}"
-  if _is_done(round_dir):
+  if is_done(round_dir):
     return
   scores = evaluator.evaluate(fused, round_index=round_index)
   atomic_files.write_json(round_dir / SCORES_FILE, scores)
@@ -639,7 +535,7 @@ def score_rows(fusion_dir: str | os.PathLike) -> list[dict]:
   fusion_dir = Path(fusion_dir)
   rows = []
   r = 0
-  while _is_done(fusion_dir / f"round_{r}"):
+  while is_done(fusion_dir / f"round_{r}"):
     scores = json.loads((fusion_dir / f"round_{r}" / SCORES_FILE).read_text())
     row = {"round": r, **{t: v["score"] for t, v in scores.items()}}
     for name, key in (("average", "score"), ("loss", "loss"),
@@ -724,15 +620,12 @@ def main(args: argparse.Namespace) -> int:
                               params_regex=args.params)
     print(f"wrote {out}")
     return 0
-  if not args.gin_file:
-    raise gin_config.GinConfigError(
-        "recast fuse needs gin files: a model and the experiment, e.g. "
-        "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion.gin")
   # Not finalized: MODEL_DIR and MIXTURE_OR_TASK_NAME are set per contributor run.
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
+  gin_files = gin_config.parse_run_flags(
+      args, command="fuse", finalize=False, example="--gin_file=models/t5_1_1/small.gin "
+      "--gin_file=experiments/cold_fusion.gin")
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # GPUs are contributors'
-  cold_fusion(launcher=TrainLauncher(
-      gin_files=args.gin_file, bindings=args.gin_bindings,
+  cold_fusion(train_flags=launcher.TrainFlags(
+      gin_files=gin_files, bindings=args.gin_bindings,
       gin_search_paths=args.gin_search_paths, tasks_files=args.tasks_file))
   return 0

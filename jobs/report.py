@@ -9,7 +9,7 @@ Writes, atomically, to --out (default: MODEL_DIR/report for one run, ./report fo
 
 Columns are each task's inference metrics (accuracy, f1, ...); a task with none (a
 pretraining task) shows its teacher-forced `loss`. `average` is the mean over tasks of each
-task's mean metric; `glue_score` / `super_glue_score` (trainer/benchmark_scores.py) appear
+task's mean metric; `glue_score` / `super_glue_score` (mixtures/benchmark_scores.py) appear
 when a run evaluated every task they need. A mixture's own aggregate rows are recomputed
 here, not copied. "Best" is the maximum (the minimum for losses) per column, as T5 reports
 it; the best benchmark score uses each group's best step (T5's `metric_group_max`).
@@ -18,7 +18,9 @@ it; the best benchmark score uses each group's best step (T5's `metric_group_max
     tables["final"].rows["mt"]["glue_rte/accuracy"]  # 61.4
     print(tables["final"].to_markdown())
 
-Other commands (sweeps, fusion) call `build_tables` / `write_report` with their own runs.
+Other commands (sweeps, fusion) call `build_tables` / `write_report` with their own runs;
+sweeps and `recast eval-base` share `recycling_table` (gains over a reference model) and
+`mean_std` (mean and sample std over seeds).
 """
 
 from __future__ import annotations
@@ -202,6 +204,60 @@ def read_runs(model_dirs: Sequence[str | os.PathLike]) -> dict[str, list[dict]]:
                         "(the MODEL_DIR of `recast train` or `recast eval`)")
     runs[name] = metrics_writer.read_metrics(path)
   return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+  """(mean, sample standard deviation) of per-seed values; std None for one value, both
+  None for none.
+
+  The std divides by n - 1 (ddof=1): the seeds are a sample of the run-to-run
+  distribution, and the sample std estimates its spread (dividing by n underestimates it,
+  most for the 2 or 3 seeds a study affords; one seed says nothing about it).
+
+  >>> mean_std([60.0, 64.0])  # sqrt(((60 - 62)**2 + (64 - 62)**2) / 1)
+  (62.0, 2.8284271247461903)
+  """
+  if not values:
+    return None, None
+  mean = float(np.mean(values))
+  return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def recycling_table(scores: Mapping[str, Mapping[str, Sequence[float]]], *,
+                    seen: Sequence[str] = ()) -> dict:
+  """The model-recycling table (ColD Fusion's) from {model: {task: [score per seed]}}.
+
+  `scores` has "base" (the model judged) and optionally "reference" (the model gains are
+  measured against). Returns {"rows": [{"task", "seen", "base", "base_std", "reference",
+  "reference_std", "gain"}], "average": {"all"|"seen"|"unseen": {"tasks", "base",
+  "reference", "gain"}}}: per base task, the mean over seeds and the sample std (see
+  `mean_std`; None for one seed), `gain` = mean base - mean reference where the reference
+  has the task; averages over the group's tasks (`reference` and `gain` over those the
+  reference has, left out when it has none). E.g. {"base": {"rte": [60, 64]},
+  "reference": {"rte": [58, 58]}} -> rte: base 62.0 +- 2.83, reference 58.0 +- 0.0,
+  gain +4.0.
+  """
+  base, reference = scores.get("base", {}), scores.get("reference", {})
+  rows = []
+  for task in base:
+    row = {"task": task, "seen": task in seen}
+    row["base"], row["base_std"] = mean_std(base[task])
+    if task in reference:
+      row["reference"], row["reference_std"] = mean_std(reference[task])
+      row["gain"] = row["base"] - row["reference"]
+    rows.append(row)
+  average = {}
+  for group, keep in (("all", lambda r: True), ("seen", lambda r: r["seen"]),
+                      ("unseen", lambda r: not r["seen"])):
+    members = [r for r in rows if keep(r)]
+    if not members:
+      continue
+    average[group] = {"tasks": len(members), "base": float(np.mean([r["base"] for r in members]))}
+    compared = [r for r in members if "gain" in r]
+    if compared:
+      average[group]["reference"] = float(np.mean([r["reference"] for r in compared]))
+      average[group]["gain"] = float(np.mean([r["gain"] for r in compared]))
+  return {"rows": rows, "average": average}
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ evaluation when EVAL_PERIOD is set) in a fresh process, MODEL_DIR = <storage>/<n
 Everything that can reject the spec (unknown keys, gin bindings gin does not know, an empty
 grid, a missing task) is checked in the driver before Ray starts. A killed trial process is
 retried by Tune (`max_failures`) and the trainer resumes its MODEL_DIR from the newest
-checkpoint. A trial that finishes writes `sweep_done.json` into its MODEL_DIR; `--resume`
-runs only the trials without one, so a killed driver loses nothing but unsaved steps.
+checkpoint; the process itself (argv, GPU isolation, log) is recast.jobs.launcher's, as
+fusion's and eval-base's are. A trial that finishes writes `sweep_done.json` into its
+MODEL_DIR; `--resume` runs only the trials without one, so a killed driver loses nothing
+but unsaved steps.
 Results go to <storage>/<name>/results: trials, groups (mean and std over seeds) and
 recycling (gain over the baseline per task) as CSV and markdown, and PNG plots.
 """
@@ -35,22 +37,26 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import difflib
 import io
 import itertools
 import json
-import math
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+import gin
+import yaml
+
 from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.jobs import launcher, report
 from recast.mixtures import lookup
+from recast.tasks import task_files
+from recast.trainer import checkpoints, train
 
 SPEC_KEYS = {
     "name": "the sweep's folder under storage_path (default: the spec file's name)",
@@ -76,17 +82,11 @@ DONE_FILE = "sweep_done.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
 LOG_FILE = "train.log"
 SWEEP_FILE = "sweep.json"
-POLL_SECONDS = 2.0
-GPU_MEMORY_FRACTION = 0.9
 UNTABULATED_METRICS = ("examples_per_second", "tokens_per_second", "learning_rate")
 
 
 class SweepSpecError(errors.UserError):
   """A sweep spec that cannot run as written; nothing has started."""
-
-
-class TrialError(RuntimeError):
-  """A trial's train process failed (Tune retries it up to max_failures)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,12 +108,10 @@ class Trial:
   model_dir: str
 
   def train_command(self, spec: "SweepSpec") -> list[str]:
-    """`python -m trainer train ...` for this trial."""
-    command = [sys.executable, "-m", "recast", "train"]
-    command += [f"--gin_file={f}" for f in self.gin_files]
-    command += [f"--gin_search_paths={p}" for p in spec.gin_search_paths]
-    command += [f"--tasks_file={t}" for t in spec.tasks_files]
-    return command + [f"--gin.{b}" for b in self.bindings]
+    """`python -m recast train ...` for this trial (launcher.TrainFlags.command)."""
+    flags = launcher.TrainFlags(gin_files=self.gin_files, gin_search_paths=spec.gin_search_paths,
+                                tasks_files=spec.tasks_files, cwd=spec.cwd)
+    return flags.command(bindings=self.bindings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +219,6 @@ def load_spec(path: str | os.PathLike, *, extra_gin_files: Sequence[str] = (),
   every trial. Relative paths are relative to `cwd` (the working directory). Gin itself
   is checked by `validate_trials`.
   """
-  import yaml
   path = Path(path)
   cwd = cwd or os.getcwd()
   if not path.is_file():
@@ -235,7 +232,6 @@ def load_spec(path: str | os.PathLike, *, extra_gin_files: Sequence[str] = (),
                          f"{', '.join(SPEC_KEYS)}")
   unknown = sorted(set(raw) - set(SPEC_KEYS))
   if unknown:
-    import difflib
     hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
         k, SPEC_KEYS, n=1)) else "") for k in unknown]
     raise SweepSpecError(f"{path}: unknown key{'s' if len(unknown) > 1 else ''} "
@@ -346,9 +342,6 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   missing, a configurable or parameter gin does not know, a macro nothing reads, a
   required macro left unset, a task or mixture that is not registered.
   """
-  import gin
-  from recast.trainer import train
-  from recast.tasks import task_files
   for path in spec.tasks_files:
     task_files.register_task_file(path)
   known_macros: dict[tuple, set] = {}
@@ -367,10 +360,11 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
               f"{where}: gin macro {name} is neither defined nor used by "
               f"{', '.join(trial.gin_files)}; known macros: "
               f"{', '.join(sorted(known_macros[trial.gin_files] | set(CODE_MACROS)))}")
-      try:
-        gin_config.parse_gin(trial.gin_files, trial.bindings,
-                             gin_search_paths=spec.gin_search_paths, finalize=False)
-        gin_config.require_macros(train.REQUIRED_MACROS, run_file=", ".join(trial.gin_files))
+      try:  # The trial's `recast train` opening, as its process will run it.
+        gin_config.parse_run_flags(argparse.Namespace(
+            gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
+            gin_search_paths=list(spec.gin_search_paths)), command="train",
+            required_macros=train.REQUIRED_MACROS, finalize=False)
         task_name = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
         if isinstance(task_name, str):
           lookup.get_mixture_or_task(task_name)
@@ -391,53 +385,29 @@ def _macros_in_config(config_text: str) -> set[str]:
 # One trial (runs in a Ray worker)
 
 
-def trial_environment(base: Mapping[str, str], *, gpus: float,
-                      extra: Mapping[str, str]) -> dict[str, str]:
-  """The train process's environment: the worker's (Ray set CUDA_VISIBLE_DEVICES to this
-  trial's GPUs), the spec's `env`, and JAX's GPU memory share.
-
-  A trial with whole GPUs lets XLA take 90% of each; trials sharing one GPU (gpu: 0.5)
-  take their share of that; a trial without GPUs sees none.
-  """
-  env = {**base, **extra}
-  if gpus <= 0:
-    env["CUDA_VISIBLE_DEVICES"] = extra.get("CUDA_VISIBLE_DEVICES", "")
-  else:
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION",
-                   f"{GPU_MEMORY_FRACTION * min(gpus, 1.0):.3g}")
-  return env
-
-
-def _die_with_parent() -> None:
-  """In the child before exec (Linux): SIGKILL it when the trial's worker dies, so a
-  killed driver or worker leaves no training process behind."""
-  import ctypes
-  ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class _MetricsTail:
-  """The newest value of each metric in a growing metrics.jsonl (read incrementally)."""
+class MetricsTail:
+  """The newest value of each metric in a growing metrics.jsonl (re-read when it changed)."""
 
   def __init__(self, model_dir: Path):
-    self.path = Path(model_dir) / metrics_writer.METRICS_FILE
-    self.inode, self.offset, self.step, self.latest = None, 0, 0, {}
+    self.model_dir = Path(model_dir)
+    self.path = self.model_dir / metrics_writer.METRICS_FILE
+    self.inode, self.size, self.rows, self.step, self.latest = None, 0, 0, 0, {}
 
   def poll(self) -> bool:
-    """Reads new complete lines; True when a later step appeared."""
+    """Reads the rows added since the last poll; True when a later step appeared."""
     if not self.path.exists():
       return False
     stat = self.path.stat()
-    if stat.st_ino != self.inode or stat.st_size < self.offset:
+    if stat.st_ino == self.inode and stat.st_size == self.size:
+      return False
+    if stat.st_ino != self.inode or stat.st_size < self.size:
       # A resumed run rewrote the file (atomically: a new inode) without its torn rows.
-      self.inode, self.offset, self.step, self.latest = stat.st_ino, 0, 0, {}
-    with open(self.path, "rb") as f:
-      f.seek(self.offset)
-      data = f.read()
-    complete = data[:data.rfind(b"\n") + 1]
-    self.offset += len(complete)
+      self.inode, self.rows, self.step, self.latest = stat.st_ino, 0, 0, {}
+    self.size = stat.st_size
+    rows = metrics_writer.read_metrics(self.model_dir)
+    new, self.rows = rows[self.rows:], len(rows)
     before = self.step
-    for line in complete.splitlines():
-      row = json.loads(line)
+    for row in new:
       if row["metric"] in UNTABULATED_METRICS or row["value"] is None:
         continue
       self.latest[metric_key(row)] = row["value"]
@@ -454,14 +424,14 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   """Ray Tune's trainable: runs one trial's `recast train` process to the end.
 
   config: {"trial": name}; runs: {name: {"trial": Trial fields, "run": {"command", "env",
-  "gpus", "cwd"}}}. Reports the newest metrics to Tune as they appear, registers each new
-  checkpoint (a pointer to MODEL_DIR/checkpoint_N; the trainer resumes MODEL_DIR by
-  itself), raises TrialError when the process fails (Tune retries), and writes DONE_FILE
-  when it finishes.
+  "gpus", "cwd"}}}. The process is launcher.run_train_process's, in Ray's GPU isolation
+  (launcher.train_environment). Reports the newest metrics to Tune as they appear,
+  registers each new checkpoint (a pointer to MODEL_DIR/checkpoint_N; the trainer resumes
+  MODEL_DIR by itself), raises launcher.TrainProcessError when the process fails (Tune
+  retries), and writes DONE_FILE when it finishes.
   """
   import ray
   from ray import tune
-  from recast.trainer import checkpoints
   trial, run = runs[config["trial"]]["trial"], runs[config["trial"]]["run"]
   model_dir = Path(trial["model_dir"])
   model_dir.mkdir(parents=True, exist_ok=True)
@@ -469,7 +439,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   attempts = atomic_files.read_jsonl(model_dir / ATTEMPTS_FILE) if (
       model_dir / ATTEMPTS_FILE).exists() else []
   steps = checkpoints.checkpoint_steps(model_dir)
-  env = trial_environment(os.environ, gpus=run["gpus"], extra=run["env"])
+  env = launcher.train_environment(os.environ, gpus=run["gpus"], extra=run["env"])
   atomic_files.append_jsonl(model_dir / ATTEMPTS_FILE, [{
       "attempt": len(attempts) + 1, "started": time.time(),
       "resumes_step": steps[-1] if steps else None, "tune_restored": restored is not None,
@@ -477,34 +447,21 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
           "GPU", [])],
       "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
       "node": ray.util.get_node_ip_address()}])
-  tail = _MetricsTail(model_dir)
+  tail = MetricsTail(model_dir)
   reported = set(steps)
-  cwd = run["cwd"] if os.path.isdir(run["cwd"]) else None
-  command = [sys.executable, *run["command"][1:]]  # This node's Python (Ray's worker).
-  with open(model_dir / LOG_FILE, "ab") as log:
-    log.write(f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}\n".encode())
-    log.flush()
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    try:
-      while True:
-        returncode = proc.poll()
-        new_steps = [s for s in checkpoints.checkpoint_steps(model_dir)
-                     if s not in reported]
-        if tail.poll() or new_steps:
-          _report(tune, tail, model_dir, new_steps[-1] if new_steps else None)
-          reported.update(new_steps)
-        if returncode is not None:
-          break
-        time.sleep(POLL_SECONDS)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  if returncode != 0:
-    raise TrialError(f"recast train for {trial['name']} exited with {returncode}; "
-                     f"{model_dir / LOG_FILE} ends with:\n{_log_tail(model_dir / LOG_FILE)}")
+
+  def report_progress() -> None:
+    new_steps = [s for s in checkpoints.checkpoint_steps(model_dir) if s not in reported]
+    if tail.poll() or new_steps:
+      _report(tune, tail, model_dir, new_steps[-1] if new_steps else None)
+      reported.update(new_steps)
+
+  command = launcher.on_this_node(run["command"])
+  launcher.run_train_process(
+      command, log_file=model_dir / LOG_FILE, env=env,
+      cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
+      header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
+      what=f"recast train for {trial['name']}", on_poll=report_progress)
   summary = summarize_metrics(metrics_writer.read_metrics(model_dir))
   atomic_files.write_json(model_dir / DONE_FILE, {
       "trial": trial["name"], "point": trial["point"], "finished": time.time(),
@@ -512,7 +469,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
   tune.report({"step": summary["step"], "done": True, **summary["final"]})
 
 
-def _report(tune, tail: _MetricsTail, model_dir: Path, checkpoint_step: Optional[int]) -> None:
+def _report(tune, tail: MetricsTail, model_dir: Path, checkpoint_step: Optional[int]) -> None:
   metrics = {"step": tail.step, "done": False, **tail.latest}
   if checkpoint_step is None:
     tune.report(metrics)
@@ -521,11 +478,6 @@ def _report(tune, tail: _MetricsTail, model_dir: Path, checkpoint_step: Optional
     atomic_files.write_json(Path(folder) / "recast_checkpoint.json", {
         "model_dir": str(model_dir), "step": checkpoint_step})
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def _log_tail(path: Path, lines: int = 20) -> str:
-  text = path.read_text(errors="replace").splitlines()
-  return "\n".join(text[-lines:])
 
 
 # ------------------------------------------------------------------------------------------
@@ -595,33 +547,11 @@ def _check_experiment_dir(spec: SweepSpec, trials: Sequence[Trial], *, resume: b
         "same gin files, bindings and grid; start a new sweep under another name instead")
 
 
-def connect_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                num_gpus: Optional[float] = None, log_to_driver: bool = True) -> None:
-  """Joins the Ray at `address` ("auto", "ray://...", "host:port"), or starts a local one;
-  does nothing when this process is already connected (a test's or a notebook's Ray).
-
-  A local Ray starts with no dashboard, sends no usage statistics, and keeps Ray's token
-  authentication on (its default for new local clusters; an explicit RAY_AUTH_MODE is
-  respected). Ray's core services still bind every interface and advertise the machine's
-  address: Ray has no switch for that (it turns a 127.0.0.1 node address back into the
-  machine's own), so see docs/sweeps.md.
-  """
-  import ray
-  if ray.is_initialized():
-    return
-  os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-  if address:
-    ray.init(address=address, log_to_driver=log_to_driver)
-  else:
-    ray.init(include_dashboard=False, dashboard_host="127.0.0.1", num_cpus=num_cpus,
-             num_gpus=num_gpus, log_to_driver=log_to_driver)
-
-
 def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
           num_cpus: Optional[int], num_gpus: Optional[float], verbose: int) -> list[str]:
   """Runs `trials` as one Tune experiment; returns the names of those that failed."""
   from ray import tune
-  connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
+  launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
   tune_dir = spec.experiment_dir / "tune"
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
   run = {"env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd}
@@ -654,12 +584,11 @@ def summarize_metrics(rows: Sequence[Mapping[str, Any]]) -> dict:
   """A run's last step, and each metric's final (at its last step) and best value.
 
   rows: metrics.jsonl rows. Returns {"step": int, "final": {key: value}, "best": {key:
-  value}} with keys from `metric_key`. Evaluation rows go through trainer.report's tables
+  value}} with keys from `metric_key`. Evaluation rows go through report.build_tables
   (its choice of metrics per task, `validation/average` and benchmark scores); the others
   (train) are summarised here. Best is the minimum for losses, else the maximum.
   Throughput and learning-rate rows are left out.
   """
-  from recast.jobs import report
   final, best, last_step, step = {}, {}, {}, 0
   for row in rows:
     step = max(step, int(row["step"]))
@@ -720,8 +649,8 @@ def trials_table(records: Sequence[Mapping[str, Any]], axes: Sequence[str]
 def groups_table(records: Sequence[Mapping[str, Any]], axes: Sequence[str], *,
                  seed_axis: Optional[str]) -> tuple[list[str], list[dict]]:
   """(columns, rows): finished trials grouped by every axis but the seed axis, with the
-  mean and standard deviation (over seeds; sample std, empty for one seed) of each
-  metric's final and best value."""
+  mean and standard deviation (over seeds: report.mean_std, the sample std, empty for one
+  seed) of each metric's final and best value."""
   group_axes = [a for a in axes if a != seed_axis]
   done = [r for r in records if r["status"] == "done"]
   keys = _metric_keys(done)
@@ -737,7 +666,7 @@ def groups_table(records: Sequence[Mapping[str, Any]], axes: Sequence[str], *,
     row["seeds"] = len(members)
     for k in keys:
       for kind in ("final", "best"):
-        mean, std = _mean_std([m[kind][k] for m in members if k in m[kind]])
+        mean, std = report.mean_std([m[kind][k] for m in members if k in m[kind]])
         row[f"{k} {kind} mean"], row[f"{k} {kind} std"] = mean, std
     rows.append(row)
   return columns, rows
@@ -747,20 +676,13 @@ def _hashable(value: Any) -> Any:
   return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-  if not values:
-    return None, None
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, None
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def recycling_table(records: Sequence[Mapping[str, Any]], *, row_axes: Sequence[str],
-                    metric: str, baseline: Mapping[str, Any]) -> tuple[list[str], list[dict]]:
+def recycling_rows(records: Sequence[Mapping[str, Any]], *, row_axes: Sequence[str],
+                   metric: str, baseline: Mapping[str, Any]) -> tuple[list[str], list[dict]]:
   """(columns, rows): model-recycling style. Per row (a combination of `row_axes`; seeds
   and tasks averaged), per task: the final validation `metric` (mean over seeds) minus
   the baseline row's; then the mean gain over the tasks both have and the mean score.
+  Each row is report.recycling_table of the row ("base") against the baseline row
+  ("reference").
 
   E.g. rows = base models, tasks = a MIXTURE_OR_TASK_NAME axis (or a mixture's tasks):
   `ColD Fusion +2.25 over roberta-base` is one cell of the "mean gain" column.
@@ -777,21 +699,19 @@ def recycling_table(records: Sequence[Mapping[str, Any]], *, row_axes: Sequence[
       task, _, name = rest.rpartition("/")
       if split == "validation" and task and name == metric:
         scores.setdefault(row, {}).setdefault(task, []).append(value)
-  means = {row: {task: sum(v) / len(v) for task, v in tasks.items()}
-           for row, tasks in scores.items()}
   base_row = next((row for row, p in points.items()
                    if all(p.get(a) == v for a, v in baseline.items())), None)
-  if base_row is None or base_row not in means:
+  if base_row is None or base_row not in scores:
     return [], []
-  base = means[base_row]
-  tasks = sorted({t for m in means.values() for t in m})
+  tasks = sorted({t for by_task in scores.values() for t in by_task})
   columns = [*row_axes, *[f"{t} gain" for t in tasks], "mean gain", f"mean {metric}"]
   rows = []
-  for row, by_task in means.items():
-    gains = {t: by_task[t] - base[t] for t in tasks if t in by_task and t in base}
+  for row, by_task in scores.items():
+    table = report.recycling_table({"base": by_task, "reference": scores[base_row]})
+    gains = {r["task"]: r["gain"] for r in table["rows"] if "gain" in r}
     rows.append({**points[row], **{f"{t} gain": gains.get(t) for t in tasks},
-                 "mean gain": sum(gains.values()) / len(gains) if gains else None,
-                 f"mean {metric}": sum(by_task.values()) / len(by_task)})
+                 "mean gain": table["average"]["all"].get("gain"),
+                 f"mean {metric}": table["average"]["all"]["base"]})
   base_point = points[base_row]  # The baseline first, then the largest mean gain.
   rows.sort(key=lambda r: (any(r[a] != base_point[a] for a in row_axes),
                            -(r["mean gain"] or 0.0)))
@@ -856,7 +776,7 @@ def write_results(spec: SweepSpec, trials: Sequence[Trial]) -> Path:
       *[f"{k} {kind}" for k in headline for kind in ("final", "best")]])
   if spec.baseline:
     row_axes = [a for a in axes if a != spec.seed_axis and a not in TASK_AXES]
-    columns, rows = recycling_table(records, row_axes=row_axes, metric=spec.metric,
+    columns, rows = recycling_rows(records, row_axes=row_axes, metric=spec.metric,
                                     baseline=spec.baseline)
     if rows:
       write_table(columns, rows, results / "recycling")
@@ -869,12 +789,12 @@ def write_results(spec: SweepSpec, trials: Sequence[Trial]) -> Path:
 
 def _plot(trials: Sequence[Trial], group_rows: Sequence[Mapping[str, Any]],
           group_axes: Sequence[str], results: Path) -> None:
-  """plots/: trainer.report's curves (train loss, evaluation metrics; a line per trial)
-  and groups_<metric>.png, a bar per group (mean +- std over seeds of the final value)."""
+  """plots/: report.write_plots's curves (train loss, evaluation metrics; a line per
+  trial) and groups_<metric>.png, a bar per group (mean +- std over seeds of the final
+  value)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  from recast.jobs import report
   report.write_plots({t.name: metrics_writer.read_metrics(t.model_dir) for t in trials},
                      results)
   means = [c[:-len(" final mean")] for c in (group_rows[0] if group_rows else {})

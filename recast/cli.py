@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 # (module, one-line help, takes gin flags)
@@ -30,13 +33,64 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+# What TF's CUDA stub prints from a library constructor when `import tensorflow` loads it on a
+# machine without CUDA: before TF reads any log setting, so no environment variable stops it.
+_TF_LOAD_NOISE = ("cudart_stub.cc", "All log messages before absl::InitializeLog() is called")
+
+
+class _QuietTensorFlowLoad:
+  """Import hook: the first `import tensorflow` runs with stderr (fd 2) captured, then replays
+  all of it but `_TF_LOAD_NOISE` lines (real errors and warnings still show)."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "tensorflow":
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def exec_quietly(module):
+      with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+          exec_module(module)
+        finally:
+          sys.stderr.flush()
+          os.dup2(saved, 2)
+          os.close(saved)
+          captured.seek(0)
+          lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+          sys.stderr.write("".join(l for l in lines if not any(n in l for n in _TF_LOAD_NOISE)))
+
+    spec.loader.exec_module = exec_quietly
+    return spec
+
+
 def _configure_runtime() -> None:
-  """Before JAX/TF load: quiet logs, no usage stats, and JAX's persistent compilation cache
-  (runs of the same shapes, e.g. sweep trials and fusion contributors, compile once)."""
+  """Before JAX/TF load: a quiet start-up, no usage stats, and JAX's persistent compilation
+  cache (runs of the same shapes, e.g. sweep trials and fusion contributors, compile once).
+
+  TensorFlow only feeds input pipelines here, so it gets the CPU alone
+  (`TF_ENABLED_DEVICE_TYPES=CPU`: no cuInit, and it never takes GPU memory from JAX) and no
+  oneDNN notice. `JAX_PLATFORMS=cpu` is set only when no accelerator plugin for jaxlib is
+  installed, so a CUDA jaxlib still finds its GPUs. Each variable already set is kept.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
+  if not (importlib.metadata.entry_points(group="jax_plugins")
+          or importlib.util.find_spec("jax_plugins") or importlib.util.find_spec("libtpu")):
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
   cache = os.environ.get("RECAST_CACHE_DIR") or os.path.expanduser("~/.cache/recast")
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(cache, "jax"))
+  if "tensorflow" not in sys.modules and not any(
+      isinstance(f, _QuietTensorFlowLoad) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowLoad())
 
 
 def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:

@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from recast.tasks import specs
+from recast.tasks import registry, specs
 from recast import atomic_files
 
 SPLIT_SIZES = {"train": 2000, "validation": 200}
@@ -191,5 +191,5 @@ def register_demo_tasks(data_dir: str | Path | None = None) -> list[str]:
   """Registers the demo tasks on the data in `data_dir` (written there when missing)."""
   data_dir = ensure_demo_data(data_dir)
   for spec in _specs(data_dir):
-    specs.register_text_task(spec, overwrite=True)
+    registry.register_text_task(spec, overwrite=True)
   return list(DEMO_TASKS)

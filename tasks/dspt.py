@@ -23,7 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from recast.tasks import glue, metrics, postprocessors, specs  # noqa: F401  (glue: qqp, mnli)
+from recast.tasks import glue, metrics, postprocessors, registry, specs  # noqa: F401  (glue: qqp, mnli)
 from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 # OntoNotes 5 entity types in the order of the CoNLL-2012 BIO tag ids (tag 2k+1 = B-type k,
@@ -285,4 +285,4 @@ DSPT14 = ("conll2012_ner", "squad_v1", "swag", "hellaswag", "ag_news", "glue_qqp
           "yahoo_answers_topics", "discovery", "amazon_polarity")
 
 for _spec in DSPT_SPECS:
-  specs.register_text_task(_spec)
+  registry.register_text_task(_spec)

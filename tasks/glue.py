@@ -7,7 +7,7 @@ cast like MNLI so an MNLI model can be scored on it.
 
 from __future__ import annotations
 
-from recast.tasks import specs
+from recast.tasks import registry
 from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 GLUE_VERSION = "2.0.0"
@@ -89,4 +89,4 @@ GLUE_SPECS = (
 )
 
 for _spec in GLUE_SPECS:
-  specs.register_text_task(_spec)
+  registry.register_text_task(_spec)

@@ -16,7 +16,7 @@ import seqio
 
 from recast import errors, gin_config
 from recast.mixtures import lookup, rates
-from recast.tasks import pretraining, sources, specs, vocabularies
+from recast.tasks import pretraining, registry, sources, vocabularies
 
 # What `show` cuts a pretraining objective's text to when TASK_FEATURE_LENGTHS is unbound:
 # T5's span-corruption lengths (512 tokens in, 114 out).
@@ -48,8 +48,8 @@ def _task_splits(task: seqio.Task) -> list[str]:
   try:
     return list(task.splits)
   except errors.UserError:
-    return list(specs.task_spec(task.name).splits) if task.name in \
-        specs.registered_specs() else []
+    return list(registry.task_spec(task.name).splits) if task.name in \
+        registry.registered_specs() else []
 
 
 def list_tasks() -> dict[str, Any]:
@@ -58,7 +58,7 @@ def list_tasks() -> dict[str, Any]:
   rows = []
   for name in sorted(seqio.TaskRegistry.names()):
     task = seqio.TaskRegistry.get(name)
-    spec = specs.registered_specs().get(name)
+    spec = registry.registered_specs().get(name)
     rows.append({"name": name, "source": _source_description(task),
                  "splits": _task_splits(task),
                  "metrics": list(spec.metric_names) if spec else

@@ -32,7 +32,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from recast.tasks import objectives, preprocessors, sources, specs, vocabularies
+from recast.tasks import objectives, preprocessors, registry, sources, specs, vocabularies
 from recast import errors
 
 TRAIN_SPLIT = "train"
@@ -237,7 +237,7 @@ def pretraining_task(base_task_name: str, objective: str = "span_corruption") ->
   Registers it on first call; later calls return the registered task.
 
   Args:
-    base_task_name: a task registered with `tasks.specs.register_text_task` (built in or
+    base_task_name: a task registered with `tasks.registry.register_text_task` (built in or
       from a task file), or a corpus registered with `register_text_corpus`.
     objective: a name from `tasks.objectives.OBJECTIVES`, or `random_spans_d<D>_l<L>`.
 
@@ -253,7 +253,7 @@ def pretraining_task(base_task_name: str, objective: str = "span_corruption") ->
     return _objective_task(name=name, source=TextFilesSource(corpus), fields=("text",),
                            objective=chosen, output_features=vocabularies.output_features())
   try:
-    spec = specs.task_spec(base_task_name)
+    spec = registry.task_spec(base_task_name)
   except specs.TaskSpecError as e:
     raise PretrainingTaskError(
         f"cannot derive {name!r}: {e}. Pretraining tasks derive from text tasks (registered "
@@ -288,7 +288,7 @@ def ensure_pretraining_task(name: str) -> Optional[seqio.Task]:
   if name in seqio.TaskRegistry.names():
     return seqio.TaskRegistry.get(name)
   base, objective = parsed
-  if base not in _CORPORA and base not in specs.registered_specs():
+  if base not in _CORPORA and base not in registry.registered_specs():
     return None
   return pretraining_task(base, objective)
 

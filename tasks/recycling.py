@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import seqio
 import tensorflow as tf
 
-from recast.tasks import dspt, glue, specs, super_glue  # noqa: F401  (their tasks come first)
+from recast.tasks import dspt, glue, registry, super_glue  # noqa: F401  (their tasks come first)
 from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 NEWSGROUPS_20 = (
@@ -180,4 +180,4 @@ RECYCLING36 = (
     "yahoo_answers_topics")
 
 for _spec in RECYCLING_SPECS:
-  specs.register_text_task(_spec)
+  registry.register_text_task(_spec)

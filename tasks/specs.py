@@ -2,9 +2,10 @@
 
 Every task recast registers (GLUE, SuperGLUE, the self-pretraining and model-recycling
 datasets, tasks from YAML task files) is a `TextTaskSpec` turned into a `seqio.Task` by
-`register_text_task`. Code that needs to know about a task's data (pretraining
+`tasks.registry.register_text_task`. Code that needs to know about a task's data (pretraining
 objectives: which fields are text; mixtures: split sizes; metrics: label names) asks
-`task_spec(name)` instead of reverse-engineering preprocessors.
+`registry.task_spec(name)` instead of reverse-engineering preprocessors. This module only
+defines the record (no imports of the modules that consume it, so none of them is a cycle).
 
 Worked example (what goes in, what comes out):
 
@@ -13,7 +14,7 @@ Worked example (what goes in, what comes out):
       inputs_template=t5_inputs_template("mrpc", ["sentence1", "sentence2"]),
       label_names=("not_equivalent", "equivalent"),
       metric_names=("f1_and_accuracy",))
-  register_text_task(spec)
+  registry.register_text_task(spec)
 
   source example  {"sentence1": "He said ...", "sentence2": "The ...", "label": 1, "idx": 0}
   rendered        {"inputs": "mrpc sentence1: He said ... sentence2: The ...",
@@ -25,11 +26,9 @@ Worked example (what goes in, what comes out):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import string
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import seqio
 import tensorflow as tf
 
 from recast import errors
@@ -172,99 +171,3 @@ def format_regression(value: float, step: float) -> str:
   """Rounds to the nearest multiple of `step` and writes it: (3.71, 0.2) -> "3.8"."""
   rounded = round(value / step) * step
   return f"{rounded:.{regression_decimals(step)}f}"
-
-
-_SPECS: dict[str, TextTaskSpec] = {}
-
-
-def task_spec(name: str) -> TextTaskSpec:
-  """The spec of a registered text task; TaskSpecError with close matches otherwise."""
-  if name not in _SPECS:
-    close = difflib.get_close_matches(name, list(_SPECS), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else \
-        "; `recast tasks list` shows every task"
-    raise TaskSpecError(f"no text task named {name!r}{hint}")
-  return _SPECS[name]
-
-
-def registered_specs() -> dict[str, TextTaskSpec]:
-  """Name -> spec of every task registered through `register_text_task`."""
-  return dict(_SPECS)
-
-
-def validate_spec(spec: TextTaskSpec) -> None:
-  """Raises TaskSpecError naming the first thing wrong with `spec` (registers nothing)."""
-  from recast.tasks import metrics, postprocessors  # local: metrics is owned by another module
-  where = f"task {spec.name!r}"
-  if not spec.name or spec.name != spec.name.lower() or not spec.name.replace("_", "") \
-      .replace(".", "").isalnum():
-    raise TaskSpecError(f"{where}: names are lower case letters, digits, '_' and '.'")
-  if not spec.source and not spec.files:
-    raise TaskSpecError(f"{where}: give a TFDS `source` or local `files` per split")
-  if not spec.splits:
-    raise TaskSpecError(f"{where}: no splits")
-  if spec.files and set(spec.files) != set(spec.splits):
-    raise TaskSpecError(f"{where}: `files` gives splits {sorted(spec.files)} but `splits` "
-                        f"is {list(spec.splits)}; they must be the same")
-  if spec.is_classification and spec.is_regression:
-    raise TaskSpecError(f"{where}: set label_names (classification) or regression_step "
-                        "(regression), not both")
-  if spec.is_classification and len(set(spec.label_names)) != len(spec.label_names):
-    raise TaskSpecError(f"{where}: label names repeat: {list(spec.label_names)}")
-  for template in (spec.inputs_template, spec.targets_template):
-    try:
-      template_fields(template)
-    except ValueError as e:
-      raise TaskSpecError(f"{where}: bad template {template!r}: {e}") from e
-  if not spec.input_fields:
-    raise TaskSpecError(f"{where}: inputs_template {spec.inputs_template!r} names no field")
-  unknown = [m for m in spec.metric_names if m not in metrics.METRICS_BY_NAME]
-  if unknown:
-    raise TaskSpecError(f"{where}: unknown metrics {unknown}; known: "
-                        f"{', '.join(sorted(metrics.METRICS_BY_NAME))}")
-  if spec.postprocessor_name not in postprocessors.POSTPROCESSORS:
-    raise TaskSpecError(f"{where}: unknown postprocessor {spec.postprocessor_name!r}; "
-                        f"known: {', '.join(sorted(postprocessors.POSTPROCESSORS))}")
-
-
-def text_preprocessors(spec: TextTaskSpec) -> list[Callable[..., tf.data.Dataset]]:
-  """The steps that turn source examples into {"inputs": str, "targets": str, ...}.
-
-  Objectives that reuse a task's text (span corruption on its inputs) start from these.
-  """
-  from recast.tasks import preprocessors
-  return [*spec.prepare, preprocessors.make_text_to_text(spec)]
-
-
-def register_text_task(spec: TextTaskSpec, *, overwrite: bool = False) -> seqio.Task:
-  """Validates `spec` and registers it as a `seqio.Task` (all or nothing).
-
-  Raises TaskSpecError when the spec is invalid or the name is taken (unless
-  `overwrite`, which replaces the old task and spec).
-  """
-  from recast.tasks import metrics, postprocessors, sources, vocabularies
-  validate_spec(spec)
-  taken = spec.name in seqio.TaskRegistry.names() or spec.name in _SPECS
-  if taken and not overwrite:
-    raise TaskSpecError(f"task {spec.name!r} is already registered; choose another name "
-                        "or pass overwrite=True to replace it")
-  task = seqio.Task(
-      name=spec.name,
-      source=sources.TaskDataSource(spec),
-      output_features=vocabularies.output_features(),
-      preprocessors=[*text_preprocessors(spec), seqio.preprocessors.tokenize,
-                     seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim],
-      postprocess_fn=postprocessors.make_postprocessor(spec),
-      metric_fns=[metrics.METRICS_BY_NAME[m] for m in spec.metric_names])
-  if taken:
-    seqio.TaskRegistry.remove(spec.name)
-  seqio.TaskRegistry.add_provider(spec.name, task)
-  _SPECS[spec.name] = spec
-  return task
-
-
-def unregister_text_task(name: str) -> None:
-  """Removes a task and its spec (tests, and task files replacing their own tasks)."""
-  seqio.TaskRegistry.remove(name)
-  _SPECS.pop(name, None)

@@ -9,7 +9,7 @@ diagnostics AX-b and AX-g are cast as RTE, so an RTE model can be scored on them
 
 from __future__ import annotations
 
-from recast.tasks import preprocessors, specs
+from recast.tasks import preprocessors, registry
 from recast.tasks.specs import TextTaskSpec, t5_inputs_template
 
 SUPER_GLUE_VERSION = "1.0.2"
@@ -117,4 +117,4 @@ SUPER_GLUE_SPECS = (
 )
 
 for _spec in SUPER_GLUE_SPECS:
-  specs.register_text_task(_spec)
+  registry.register_text_task(_spec)

@@ -22,7 +22,7 @@ outside the list, an empty split or an unreadable row is a `TaskFileError` namin
 file, line and column, and no task of the file is registered. In Python,
 `register_task(name=..., files=..., inputs=..., targets=..., labels=...)` does the same
 for one task. Each task becomes a `specs.TextTaskSpec` with `files`, registered with
-`specs.register_text_task`, so it reads its data through `tasks.sources` like any task.
+`registry.register_text_task`, so it reads its data through `tasks.sources` like any task.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import yaml
 
 from recast.tasks import metrics as metrics_lib
 from recast.tasks import sources
-from recast.tasks import specs as specs_lib
+from recast.tasks import registry, specs as specs_lib
 from recast import errors
 
 _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -217,7 +217,7 @@ def task_spec_for_files(*, name: str, files: Mapping[str, str | os.PathLike], in
       files={split: str(path) for split, path in paths.items()},
       description=f"from task file {where.rstrip(': ')}" if where else "from local files")
   try:
-    specs_lib.validate_spec(spec)
+    registry.validate_spec(spec)
   except specs_lib.TaskSpecError as e:
     raise TaskFileError(f"{where}{e}") from None
   num_examples = {split: _check_split(spec, split, path) for split, path in paths.items()}
@@ -266,7 +266,7 @@ def read_task_file(path: str | os.PathLike) -> list[specs_lib.TextTaskSpec]:
 
 def _register_all(found: Sequence[specs_lib.TextTaskSpec], where: str) -> list[str]:
   """Registers checked specs all or nothing; an identical spec already registered is kept."""
-  registered = specs_lib.registered_specs()
+  registered = registry.registered_specs()
   new = []
   for spec in found:
     if spec.name in registered and registered[spec.name] == spec:
@@ -279,11 +279,11 @@ def _register_all(found: Sequence[specs_lib.TextTaskSpec], where: str) -> list[s
   done = []
   try:
     for spec in new:
-      specs_lib.register_text_task(spec)
+      registry.register_text_task(spec)
       done.append(spec.name)
   except BaseException:
     for name in done:
-      specs_lib.unregister_text_task(name)
+      registry.unregister_text_task(name)
     raise
   return [spec.name for spec in found]
 

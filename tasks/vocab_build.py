@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import sentencepiece as spm
 
 from recast import errors, gin_config
-from recast.tasks import sources, specs, vocabularies
+from recast.tasks import registry, sources, vocabularies
 
 
 class VocabBuildError(errors.UserError):
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def task_text(task_names: Sequence[str], *, split: str = "train") -> Iterator[str]:
   """Lines of natural text from the source examples of `split` of each task."""
   for name in task_names:
-    spec = specs.task_spec(name)
+    spec = registry.task_spec(name)
     source = sources.TaskDataSource(spec)
     ds = source.get_dataset(split=split, shuffle=False)
     for prepare in spec.prepare:
@@ -75,7 +75,7 @@ def file_text(paths: Sequence[str]) -> Iterator[str]:
 
 def label_names(task_names: Sequence[str]) -> list[str]:
   """The target strings of the classification tasks among `task_names`."""
-  return [name for task in task_names for name in (specs.task_spec(task).label_names or ())]
+  return [name for task in task_names for name in (registry.task_spec(task).label_names or ())]
 
 
 def build_vocabulary(lines: Iterable[str], *, vocab_size: int, out: str | os.PathLike,

@@ -7,6 +7,8 @@ from pathlib import Path
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as `recast` does (recast/cli.py)
+os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # One compilation cache for the session, shared with the subprocesses tests start (the

@@ -10,7 +10,7 @@ import pytest
 import seqio
 
 import recast.tasks  # noqa: F401
-from recast.tasks import glue, sources, specs, super_glue, vocabularies
+from recast.tasks import glue, registry, sources, super_glue, vocabularies
 
 MAX_EXAMPLES = 300
 BUILT_IN = [s.name for s in glue.GLUE_SPECS + super_glue.SUPER_GLUE_SPECS]
@@ -26,7 +26,7 @@ def _byte_vocabulary(monkeypatch):
 
 
 def _render(name, rows, tmp_path, split="validation"):
-  spec = specs.task_spec(name)
+  spec = registry.task_spec(name)
   folder = tmp_path / spec.builder_name
   folder.mkdir(parents=True, exist_ok=True)
   (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -64,7 +64,7 @@ def _render(name, rows, tmp_path, split="validation"):
      ("rte hypothesis: S2. premise: S1.", "not_entailment")),
 ])
 def test_t5_renderings(name, row, expected, tmp_path):
-  splits = specs.task_spec(name).splits
+  splits = registry.task_spec(name).splits
   split = "validation" if "validation" in splits else splits[-1]
   assert _render(name, [row], tmp_path, split=split) == [expected]
 
@@ -79,7 +79,7 @@ def test_record_one_example_per_answer(tmp_path):
 
 
 def _shared_tasks(root):
-  return [n for n in BUILT_IN if (root / specs.task_spec(n).builder_name).is_dir()]
+  return [n for n in BUILT_IN if (root / registry.task_spec(n).builder_name).is_dir()]
 
 
 def _eval_split(task):
@@ -116,7 +116,7 @@ def test_real_data_renders_and_scores(shared_data):
   assert len(names) >= 13
   gin.parse_config(f"DATA_DIR = '{shared_data}'")
   for name in names:
-    spec = specs.task_spec(name)
+    spec = registry.task_spec(name)
     task = seqio.get_mixture_or_task(name)
     split = _eval_split(task)
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False)
@@ -154,4 +154,4 @@ def test_real_counts_match_sources_md(shared_data):
     task = seqio.get_mixture_or_task(name)
     assert {s: task.num_input_examples(s) for s in task.splits} == counts
     # Local counts agree with the TFDS metadata recorded in the spec.
-    assert all(specs.task_spec(name).num_examples[s] == c for s, c in counts.items())
+    assert all(registry.task_spec(name).num_examples[s] == c for s, c in counts.items())

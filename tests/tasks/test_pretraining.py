@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
-from recast.tasks import objectives, pretraining, specs, task_files, vocabularies
+from recast.tasks import objectives, pretraining, registry, specs, task_files, vocabularies
 
 # Bytes decode losslessly, so the text a task was built from can be compared exactly.
 BYTES = seqio.ByteVocabulary(extra_ids=100)
@@ -80,7 +80,7 @@ def words_task(tmp_path):
   for name in list(seqio.TaskRegistry.names()):
     if name.startswith("tmp_words"):
       seqio.TaskRegistry.remove(name)
-  specs.unregister_text_task("tmp_words")
+  registry.unregister_text_task("tmp_words")
 
 
 def test_derived_names_parse_and_register_on_first_lookup(words_task):
@@ -146,7 +146,7 @@ def test_real_tasks_self_pretrain_on_input_fields_never_labels(data_dir, task_na
   task = pretraining.ensure_pretraining_task(f"{task_name}_span_corruption")
   examples = _examples(task, take=max_chunks)
   assert all(set(ex) == {"inputs", "targets"} for ex in examples)
-  builder = specs.task_spec(task_name).builder_name
+  builder = registry.task_spec(task_name).builder_name
   rows = _jsonl(data_dir / builder / "train.jsonl")
   expected = "".join(" ".join(row[f] for f in fields) for row in rows)
   text = _text_of(examples)

@@ -12,7 +12,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 import recast.tasks  # noqa: F401  (registers the built-in tasks)
-from recast.tasks import postprocessors, sources, specs, vocabularies
+from recast.tasks import postprocessors, registry, sources, specs, vocabularies
 
 N = 6
 
@@ -91,7 +91,7 @@ def _check_label_inverted(spec, task, ex):
     assert got == target.strip()
 
 
-ALL_TASKS = sorted(specs.registered_specs())
+ALL_TASKS = sorted(registry.registered_specs())
 
 
 def test_registry_walk_covers_every_seqio_task():
@@ -100,7 +100,7 @@ def test_registry_walk_covers_every_seqio_task():
   derived from a spec'd task or a text corpus are walked in test_pretraining)."""
   from recast.mixtures import benchmarks
   from recast.tasks import pretraining
-  uncovered = set(seqio.TaskRegistry.names()) - set(specs.registered_specs())
+  uncovered = set(seqio.TaskRegistry.names()) - set(registry.registered_specs())
   uncovered -= set(benchmarks.MNLI_EVAL_SPLITS)
   assert {n for n in uncovered if pretraining.parse_derived_task_name(n) is None} == set()
   assert len(ALL_TASKS) >= 20
@@ -108,7 +108,7 @@ def test_registry_walk_covers_every_seqio_task():
 
 @pytest.mark.parametrize("name", ALL_TASKS)
 def test_every_task_renders_local_mock_rows_and_inverts_labels(name, tmp_path):
-  spec = specs.task_spec(name)
+  spec = registry.task_spec(name)
   task = seqio.get_mixture_or_task(name)
   split = spec.splits[0]
   if spec.files:  # Task-file and demo tasks: their own files are the data.
@@ -139,7 +139,7 @@ def test_every_task_renders_local_mock_rows_and_inverts_labels(name, tmp_path):
 
 @pytest.mark.parametrize("name", ALL_TASKS)
 def test_postprocessor_inverts_every_label_rendering(name):
-  spec = specs.task_spec(name)
+  spec = registry.task_spec(name)
   post = postprocessors.make_postprocessor(spec)
   if spec.is_classification:
     for label, label_name in enumerate(spec.label_names):
@@ -156,13 +156,13 @@ def test_postprocessor_inverts_every_label_rendering(name):
 
 
 def _tfds_native(name):
-  spec = specs.task_spec(name)
+  spec = registry.task_spec(name)
   return spec.source and not spec.source.startswith("huggingface:") and not spec.files
 
 
 @pytest.mark.parametrize("name", [n for n in ALL_TASKS if _tfds_native(n)])
 def test_every_tfds_task_renders_tfds_mock_data(name):
-  spec = specs.task_spec(name)
+  spec = registry.task_spec(name)
   task = seqio.get_mixture_or_task(name)
   with tfds.testing.mock_data(num_examples=3):
     examples = _examples(task, spec.splits[0])
@@ -189,20 +189,20 @@ def _spec(**changes):
 
 def test_register_is_all_or_nothing_and_rejects_duplicates():
   with pytest.raises(specs.TaskSpecError, match="unknown metrics"):
-    specs.register_text_task(_spec(metric_names=("acuracy",)))
+    registry.register_text_task(_spec(metric_names=("acuracy",)))
   assert "test_tiny_task" not in seqio.TaskRegistry.names()
-  assert "test_tiny_task" not in specs.registered_specs()
+  assert "test_tiny_task" not in registry.registered_specs()
   try:
-    specs.register_text_task(_spec())
+    registry.register_text_task(_spec())
     with pytest.raises(specs.TaskSpecError, match="already registered.*overwrite=True"):
-      specs.register_text_task(_spec())
-    task = specs.register_text_task(_spec(label_names=("a", "b")), overwrite=True)
+      registry.register_text_task(_spec())
+    task = registry.register_text_task(_spec(label_names=("a", "b")), overwrite=True)
     assert seqio.get_mixture_or_task("test_tiny_task") is task
-    assert specs.task_spec("test_tiny_task").label_names == ("a", "b")
+    assert registry.task_spec("test_tiny_task").label_names == ("a", "b")
   finally:
-    specs.unregister_text_task("test_tiny_task")
+    registry.unregister_text_task("test_tiny_task")
   with pytest.raises(specs.TaskSpecError, match="did you mean glue_rte"):
-    specs.task_spec("glue_rt")
+    registry.task_spec("glue_rt")
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -215,24 +215,24 @@ def test_register_is_all_or_nothing_and_rejects_duplicates():
 ])
 def test_invalid_specs_name_the_problem(changes, message):
   with pytest.raises(specs.TaskSpecError, match=message):
-    specs.register_text_task(_spec(**changes))
+    registry.register_text_task(_spec(**changes))
   assert "test_tiny_task" not in seqio.TaskRegistry.names()
 
 
 def test_spec_knows_its_text_fields_and_builder():
-  rte = specs.task_spec("glue_rte")
+  rte = registry.task_spec("glue_rte")
   assert rte.input_fields == ["sentence1", "sentence2"]
   assert rte.natural_text_fields == ["sentence1", "sentence2"]
   assert rte.builder_name == "glue/rte"
-  assert specs.task_spec("super_glue_wsc").builder_name == "super_glue/wsc.fixed"
-  assert specs.task_spec("super_glue_record").natural_text_fields == ["passage", "query"]
+  assert registry.task_spec("super_glue_wsc").builder_name == "super_glue/wsc.fixed"
+  assert registry.task_spec("super_glue_record").natural_text_fields == ["passage", "query"]
   assert _spec(source="huggingface:ag_news").builder_name == "ag_news"
 
 
 # ---------------------------------------------------------------------------- data dirs
 
 def test_data_dir_resolution_order(tmp_path, monkeypatch):
-  spec = specs.task_spec("glue_rte")
+  spec = registry.task_spec("glue_rte")
   assert sources.data_dir_for(spec) is None  # TFDS
   monkeypatch.setenv(sources.ENV_VAR, str(tmp_path / "env"))
   assert sources.data_dir_for(spec) == str(tmp_path / "env")
@@ -241,8 +241,8 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
   gin.parse_config(f"TASK_DATA_DIRS = {{'glue_rte': '{tmp_path / 'task'}', "
                    "'glue_cola': 'tfds'}")
   assert sources.data_dir_for(spec) == str(tmp_path / "task")
-  assert sources.data_dir_for(specs.task_spec("glue_cola")) is None
-  assert sources.data_dir_for(specs.task_spec("glue_mrpc")) == str(tmp_path / "gin")
+  assert sources.data_dir_for(registry.task_spec("glue_cola")) is None
+  assert sources.data_dir_for(registry.task_spec("glue_mrpc")) == str(tmp_path / "gin")
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
@@ -253,7 +253,7 @@ def test_missing_local_folder_is_a_clear_error(tmp_path):
 
 
 def test_local_splits_and_counts(tmp_path):
-  spec = specs.task_spec("super_glue_cb")
+  spec = registry.task_spec("super_glue_cb")
   write_builder_layout(tmp_path, spec, {"validation": mock_rows(spec, 5)})
   gin.parse_config(f"DATA_DIR = '{tmp_path}'")
   task = seqio.get_mixture_or_task("super_glue_cb")
@@ -269,7 +269,7 @@ def test_local_splits_and_counts(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv"])
 def test_csv_and_tsv_files_with_label_names(tmp_path, fmt):
-  spec = specs.task_spec("glue_sst2")
+  spec = registry.task_spec("glue_sst2")
   folder = tmp_path / "glue" / "sst2"
   folder.mkdir(parents=True)
   sep = "," if fmt == "csv" else "\t"
@@ -291,7 +291,7 @@ def test_csv_and_tsv_files_with_label_names(tmp_path, fmt):
     ('{"sentence": "x", "label": 1', r":3: not valid JSON"),
 ])
 def test_bad_rows_name_file_line_and_column(tmp_path, line, message):
-  spec = specs.task_spec("glue_sst2")
+  spec = registry.task_spec("glue_sst2")
   path = tmp_path / "train.jsonl"
   path.write_text('{"sentence": "a", "label": 1, "idx": 0}\n'
                   '{"sentence": "b", "label": 0, "idx": 1}\n' + line + "\n")

@@ -130,10 +130,10 @@ def byte_vocab():
 
 
 def _cleanup(*names):
-  from recast.tasks import specs
+  from recast.tasks import registry
   for name in names:
     if name in seqio.TaskRegistry.names():
-      specs.unregister_text_task(name)
+      registry.unregister_text_task(name)
 
 
 def test_task_file_end_to_end(tmp_path, byte_vocab):
