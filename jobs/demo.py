@@ -1,7 +1,7 @@
 """`recast demo`: the quickstart study, end to end on 2 CPU cores with nothing downloaded.
 
 Steps, each the same machinery a real study uses:
-  1. generate four demo tasks (tasks/demo.py) as local JSONL files;
+  1. generate four demo tasks (tasks/demo_tasks.py) as local JSONL files;
   2. build a SentencePiece vocabulary from their text (`recast vocab build`);
   3. self-pretrain a tiny T5.1.1 with span corruption on the tasks' own input text
      (`<task>_span_corruption`, labels never seen);
@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import sys
+import shutil
 import time
 from pathlib import Path
 from typing import Mapping
 
-from recast import atomic_files, errors, gin_config, metrics_writer
+import seqio
+
+from recast import atomic_files, gin_config, metrics_writer
+from recast.jobs import report
+from recast.mixtures import rates
+from recast.tasks import demo_tasks, pretraining, registry, vocab_build
+from recast.trainer import train
 
 MODEL_GIN = "models/t5_1_1/tiny.gin"
 PRETRAIN_LENGTHS = {"inputs": 64, "targets": 14}  # random_spans_helper(64) -> 14 targets
@@ -44,12 +49,10 @@ def _stage(title: str) -> None:
 
 def majority_baselines(data_dir: Path, tasks: Mapping[str, str]) -> dict[str, float]:
   """Accuracy (%) of always predicting each task's most common validation target."""
-  from recast.tasks import specs
   baselines = {}
   for task_name, folder in tasks.items():
-    spec = specs.task_spec(task_name)
-    rows = [json.loads(line) for line in
-            open(data_dir / "demo" / folder / "validation.jsonl", encoding="utf-8")]
+    spec = registry.task_spec(task_name)
+    rows = atomic_files.read_jsonl(data_dir / "demo" / folder / "validation.jsonl")
     targets = [spec.targets_template.format(**{**row, "label": spec.render_label(row["label"])})
                if spec.label_field else spec.targets_template.format(**row) for row in rows]
     baselines[task_name] = 100.0 * collections.Counter(targets).most_common(1)[0][1] / len(rows)
@@ -57,7 +60,6 @@ def majority_baselines(data_dir: Path, tasks: Mapping[str, str]) -> dict[str, fl
 
 
 def _train(bindings: list[str], run_file: str) -> None:
-  from recast.trainer import train
   gin_config.parse_gin([MODEL_GIN, run_file], bindings)
   train.train()
 
@@ -70,14 +72,6 @@ def _final_accuracy(model_dir: Path) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> int:
-  import shutil
-
-  import seqio
-
-  from recast.mixtures import rates
-  from recast.tasks import demo_tasks as demo, vocab_build
-  from recast.trainer import train
-
   started = time.time()
   workdir = Path(args.workdir).resolve()
   if args.fresh and workdir.exists():
@@ -85,21 +79,20 @@ def main(args: argparse.Namespace) -> int:
 
   _stage("1/5 generating the demo tasks")
   data_dir = workdir / "data"
-  names = demo.register_demo_tasks(data_dir)
-  folders = {f"demo_{n}": n for n in demo.GENERATORS}
+  names = demo_tasks.register_demo_tasks(data_dir)
+  folders = {f"demo_{n}": n for n in demo_tasks.GENERATORS}
   for name in names:
-    print(f"  {name:18s} {demo.SPLIT_SIZES['train']} train / "
-          f"{demo.SPLIT_SIZES['validation']} validation examples  ({data_dir / 'demo'})")
+    print(f"  {name:18s} {demo_tasks.SPLIT_SIZES['train']} train / "
+          f"{demo_tasks.SPLIT_SIZES['validation']} validation examples  ({data_dir / 'demo'})")
 
   _stage("2/5 building the vocabulary")
   vocab_path = workdir / "vocab" / "spiece.model"
   if not vocab_path.exists():
     vocab_build.build_vocabulary(
-        demo.vocabulary_text(data_dir), vocab_size=VOCAB_PIECES, out=vocab_path,
+        demo_tasks.vocabulary_text(data_dir), vocab_size=VOCAB_PIECES, out=vocab_path,
         required_text=vocab_build.label_names(names))
   print(f"  {vocab_path}: {VOCAB_PIECES} pieces + 100 sentinel ids")
 
-  from recast.tasks import pretraining
   pretrain_tasks = [pretraining.pretraining_task(n, "span_corruption").name for n in names]
   for mixture, members in (("demo_self_pretraining", pretrain_tasks), ("demo", names)):
     seqio.MixtureRegistry.remove(mixture)
@@ -153,7 +146,6 @@ def results_table(scores: Mapping[str, float], baselines: Mapping[str, float]) -
 
 
 def _write_report(model_dir: Path, out: Path) -> None:
-  from recast.jobs import report
   report.write_report([model_dir], out_dir=out)
   print(f"  report (tables and plots): {out}")
 

@@ -1,10 +1,11 @@
 """`recast eval-base`: judge a base model "model recycling" style, as ColD Fusion does.
 
 Fine-tune the base, and a reference base, on each task of a set (default `recycling36`)
-with one fixed recipe over seeds; report per task the mean score of each and the base's
-gain over the reference, with average gains over all tasks and separately over tasks seen
-in a fusion pool and unseen ones. Each fine-tuning run is a `recast train` subprocess
-(in parallel through Ray on GPUs, see trainer.fusion.run_jobs):
+with one fixed recipe over seeds; report per task the mean score of each (and its sample
+std over seeds) and the base's gain over the reference, with average gains over all tasks
+and separately over tasks seen in a fusion pool and unseen ones (report.recycling_table,
+which sweeps' recycling tables use too). Each fine-tuning run is a `recast train` subprocess
+(in parallel through Ray on GPUs, see launcher.run_jobs):
 
     OUTPUT_DIR/<base|reference>/<task>/seed_<s>/   MODEL_DIR of one run; DONE = its score
     OUTPUT_DIR/eval_base.md, eval_base.csv, eval_base.json
@@ -23,11 +24,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
+import seqio
 
 from recast import atomic_files, errors, gin_config, metrics_writer
+from recast.jobs import fusion, launcher, report
 from recast.mixtures import lookup
-from recast.trainer import checkpoints
-from recast.jobs import fusion
+from recast.trainer import checkpoints, convert
 from recast.trainer.network import T5Config
 
 MODELS = ("base", "reference")
@@ -41,7 +43,6 @@ class RecyclingError(errors.UserError):
 
 def task_names(tasks: str | Sequence[str]) -> list[str]:
   """A mixture's member tasks (e.g. "recycling36"), a task name, or a list of names."""
-  import seqio
   if isinstance(tasks, str):
     return [t.name for t in seqio.get_subtasks(lookup.get_mixture_or_task(tasks))]
   names = list(tasks)
@@ -55,8 +56,7 @@ def task_names(tasks: str | Sequence[str]) -> list[str]:
 
 def eval_split(task_name: str) -> str:
   """The split a task is scored on: validation, else test (tasks without validation)."""
-  import seqio
-  splits = seqio.get_mixture_or_task(task_name).splits
+  splits = lookup.get_mixture_or_task(task_name).splits
   for split in ("validation", "test"):
     if split in splits:
       return split
@@ -76,43 +76,13 @@ def run_score(model_dir: str | os.PathLike, *, task: str, step: int) -> float:
   return score
 
 
-def recycling_table(scores: Mapping[str, Mapping[str, Sequence[float]]], *,
-                    seen: Sequence[str] = ()) -> dict:
-  """The model-recycling table from {model: {task: [score per seed]}}.
-
-  Returns {"rows": [{"task", "seen", "base", "base_std", "reference", "reference_std",
-  "gain"}], "average": {"all"|"seen"|"unseen": {"base", "reference", "gain", "tasks"}}};
-  `gain` = mean base score - mean reference score (None without a reference).
-  E.g. {"base": {"rte": [60, 62]}, "reference": {"rte": [58, 58]}} -> rte gain +3.0.
-  """
-  base, reference = scores.get("base", {}), scores.get("reference", {})
-  rows = []
-  for task in base:
-    row = {"task": task, "seen": task in seen,
-           "base": float(np.mean(base[task])), "base_std": float(np.std(base[task]))}
-    if task in reference:
-      row.update(reference=float(np.mean(reference[task])),
-                 reference_std=float(np.std(reference[task])))
-      row["gain"] = row["base"] - row["reference"]
-    rows.append(row)
-  average = {}
-  for group, keep in (("all", lambda r: True), ("seen", lambda r: r["seen"]),
-                      ("unseen", lambda r: not r["seen"])):
-    members = [r for r in rows if keep(r)]
-    if not members:
-      continue
-    average[group] = {"tasks": len(members), "base": float(np.mean([r["base"] for r in members]))}
-    if all("gain" in r for r in members):
-      average[group]["reference"] = float(np.mean([r["reference"] for r in members]))
-      average[group]["gain"] = float(np.mean([r["gain"] for r in members]))
-  return {"rows": rows, "average": average}
-
-
 def write_report(output_dir: str | os.PathLike, table: Mapping[str, Any]) -> None:
-  """eval_base.md (average gains, then unseen and seen task rows), .csv and .json."""
+  """eval_base.md (average gains, then unseen and seen task rows), .csv and .json, from
+  report.recycling_table's table (a std is None, shown as nothing, for one seed)."""
   output_dir = Path(output_dir)
   num = lambda v: "" if v is None else f"{v:.2f}"
   signed = lambda v: "" if v is None else f"{v:+.2f}"
+  spread = lambda v: "" if v is None else f" ± {v:.2f}"
   md = ["# Model recycling evaluation", "",
         "| tasks | n | base | reference | gain |", "|---|---|---|---|---|"]
   for group, avg in table["average"].items():
@@ -124,9 +94,9 @@ def write_report(output_dir: str | os.PathLike, table: Mapping[str, Any]) -> Non
     if not rows:
       continue
     md += ["", f"## {title}", "", "| task | base | reference | gain |", "|---|---|---|---|"]
-    md += [f"| {r['task']} | {num(r['base'])} ± {num(r['base_std'])} | "
-           f"{num(r.get('reference'))}{' ± ' + num(r['reference_std']) if 'reference' in r else ''}"
-           f" | {signed(r.get('gain'))} |" for r in rows]
+    md += [f"| {r['task']} | {num(r['base'])}{spread(r['base_std'])} | "
+           f"{num(r.get('reference'))}{spread(r.get('reference_std'))} | "
+           f"{signed(r.get('gain'))} |" for r in rows]
   atomic_files.write_text(output_dir / f"{REPORT_NAME}.md", "\n".join(md) + "\n")
   columns = ("task", "seen", "base", "base_std", "reference", "reference_std", "gain")
   csv = [",".join(columns)] + [",".join("" if r.get(c) is None else str(r[c])
@@ -153,7 +123,6 @@ def _model_source(name: str, checkpoint: Optional[str], output_dir: Path
   the model gin file), a recast checkpoint, or a Hugging Face folder (converted once)."""
   if checkpoint is None or checkpoint == SCRATCH:
     return None, []
-  from recast.trainer import convert
   path = Path(checkpoint).resolve()
   if (path / convert.CONFIG_FILE).is_file() and not checkpoints.is_param_checkpoint(path):
     converted = output_dir / name / "converted"
@@ -171,7 +140,7 @@ def evaluate_base(*, output_dir: str = gin.REQUIRED, base_checkpoint: str = gin.
                   finetune_steps: int = gin.REQUIRED,
                   fusion_dir: Optional[str] = None, seen_tasks: Optional[Sequence[str]] = None,
                   parallel: str = "auto", ray_address: Optional[str] = None,
-                  launcher: Optional[fusion.TrainLauncher] = None) -> dict:
+                  train_flags: Optional[launcher.TrainFlags] = None) -> dict:
   """Fine-tunes base (and reference) on every task for every seed; returns the table.
 
   Args:
@@ -184,7 +153,7 @@ def evaluate_base(*, output_dir: str = gin.REQUIRED, base_checkpoint: str = gin.
     seeds: one fine-tuning run per seed (the recipe is otherwise fixed: the gin files).
     finetune_steps: TRAIN_STEPS of every run; scores are read at that step.
     fusion_dir, seen_tasks: tasks in the fusion pool (fusion.json) or listed are "seen".
-    parallel, ray_address, launcher: as in trainer.fusion.cold_fusion.
+    parallel, ray_address, train_flags: as in fusion.cold_fusion.
   """
   output_dir = Path(output_dir).resolve()
   names = task_names(tasks)
@@ -196,7 +165,7 @@ def evaluate_base(*, output_dir: str = gin.REQUIRED, base_checkpoint: str = gin.
   models = {"base": base_checkpoint}
   if reference_checkpoint is not None:
     models["reference"] = reference_checkpoint
-  launcher = launcher or fusion.TrainLauncher(gin_files=())
+  train_flags = train_flags or launcher.TrainFlags(gin_files=())
   sources = {m: _model_source(m, c, output_dir) for m, c in models.items()}
   splits = {t: eval_split(t) for t in names}
   jobs, scores = [], {m: {t: [] for t in names} for m in models}
@@ -204,25 +173,25 @@ def evaluate_base(*, output_dir: str = gin.REQUIRED, base_checkpoint: str = gin.
     for task in names:
       for seed in seeds:
         model_dir = output_dir / model / task / f"seed_{seed}"
-        if fusion._is_done(model_dir):
+        if fusion.is_done(model_dir):
           continue
         overrides = {"MODEL_DIR": str(model_dir), "MIXTURE_OR_TASK_NAME": task,
                      "INITIAL_CHECKPOINT_PATH": initial, "TRAIN_STEPS": finetune_steps,
                      "EVAL_PERIOD": finetune_steps, "SEED": seed}
-        command = launcher.command(overrides, bindings=[
+        command = train_flags.command(overrides, bindings=[
             *arch, f"Evaluator.split={splits[task]!r}"])
 
         def on_done(model_dir=model_dir, task=task):
           score = run_score(model_dir, task=task, step=finetune_steps)
           atomic_files.write_json(model_dir / fusion.DONE, {"task": task, "score": score})
-        jobs.append(fusion.TrainJob(command, model_dir / "train.log", on_done=on_done))
-  fusion.run_jobs(jobs, parallel=parallel, ray_address=ray_address)
+        jobs.append(launcher.TrainJob(command, model_dir / launcher.LOG_FILE, on_done=on_done))
+  launcher.run_jobs(jobs, parallel=parallel, ray_address=ray_address)
   for model in models:
     for task in names:
       for seed in seeds:
         done = output_dir / model / task / f"seed_{seed}" / fusion.DONE
         scores[model][task].append(json.loads(done.read_text())["score"])
-  table = recycling_table(scores, seen=seen)
+  table = report.recycling_table(scores, seen=seen)
   write_report(output_dir, table)
   print((output_dir / f"{REPORT_NAME}.md").read_text(), flush=True)
   return table
@@ -234,13 +203,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast eval-base --gin_file=models/... --gin_file=experiments/cold_fusion/eval_base.gin`."""
-  if not args.gin_file:
-    raise gin_config.GinConfigError(
-        "recast eval-base needs gin files: a model and the recipe, e.g. "
-        "--gin_file=models/t5_1_1/small.gin --gin_file=experiments/cold_fusion/eval_base.gin")
-  gin_config.parse_gin(args.gin_file, args.gin_bindings,
-                       gin_search_paths=args.gin_search_paths, finalize=False)
-  evaluate_base(launcher=fusion.TrainLauncher(
-      gin_files=args.gin_file, bindings=args.gin_bindings,
+  # Not finalized: MODEL_DIR, the task and the seed are set per fine-tuning run.
+  gin_files = gin_config.parse_run_flags(
+      args, command="eval-base", finalize=False, example="--gin_file=models/t5_1_1/small.gin "
+      "--gin_file=experiments/cold_fusion/eval_base.gin")
+  evaluate_base(train_flags=launcher.TrainFlags(
+      gin_files=gin_files, bindings=args.gin_bindings,
       gin_search_paths=args.gin_search_paths, tasks_files=args.tasks_file))
   return 0

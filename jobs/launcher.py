@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from recast import errors
 
+LOG_FILE = "train.log"  # in each run's MODEL_DIR
 GPU_MEMORY_FRACTION = 0.9
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 20
@@ -114,12 +115,16 @@ def run_train_process(command: Sequence[str], *, log_file: str | os.PathLike,
                       env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
                       header: Optional[str] = None, what: str = "`recast train`",
                       on_poll: Optional[Callable[[], None]] = None,
-                      poll_seconds: float = POLL_SECONDS) -> None:
+                      poll_seconds: float = POLL_SECONDS,
+                      die_with_parent: bool = False) -> None:
   """Runs `command` to its end, its output appended to `log_file` after `header` (default
   "$ command"); calls `on_poll` every `poll_seconds` and once after it exited.
 
   Raises TrainProcessError (`what` exited with N, and the log's tail) when it fails; the
-  process is killed if this function is interrupted.
+  process is killed if this function is interrupted. `die_with_parent` (Linux; for Ray
+  workers, whose death would otherwise orphan the process) has the kernel SIGKILL it when
+  this process dies; it runs code between fork and exec, so it is off in a driver that
+  holds JAX's threads.
   """
   log_file = Path(log_file)
   log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,8 @@ def run_train_process(command: Sequence[str], *, log_file: str | os.PathLike,
     log.flush()
     proc = subprocess.Popen(list(command), env=dict(os.environ if env is None else env),
                             cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                            preexec_fn=_die_with_parent if die_with_parent and
+                            sys.platform == "linux" else None)
     try:
       while True:
         returncode = proc.poll()
@@ -220,7 +226,7 @@ def run_jobs(jobs: Sequence[TrainJob], *, parallel: str,
 
 def _run_in_ray_task(command: list[str], log_file: str, gpus: float) -> None:
   run_train_process(on_this_node(command), log_file=log_file,
-                    env=train_environment(os.environ, gpus=gpus))
+                    env=train_environment(os.environ, gpus=gpus), die_with_parent=True)
 
 
 def gpu_count() -> int:

@@ -80,7 +80,7 @@ TASK_AXES = ("MIXTURE_OR_TASK_NAME", "train.mixture_or_task_name")
 CODE_MACROS = ("DATA_DIR", "TASK_DATA_DIRS", "VOCABULARY")
 DONE_FILE = "sweep_done.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
-LOG_FILE = "train.log"
+LOG_FILE = launcher.LOG_FILE
 SWEEP_FILE = "sweep.json"
 UNTABULATED_METRICS = ("examples_per_second", "tokens_per_second", "learning_rate")
 
@@ -461,7 +461,8 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
       command, log_file=model_dir / LOG_FILE, env=env,
       cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
       header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
-      what=f"recast train for {trial['name']}", on_poll=report_progress)
+      what=f"recast train for {trial['name']}", on_poll=report_progress,
+      die_with_parent=True)
   summary = summarize_metrics(metrics_writer.read_metrics(model_dir))
   atomic_files.write_json(model_dir / DONE_FILE, {
       "trial": trial["name"], "point": trial["point"], "finished": time.time(),

@@ -33,6 +33,7 @@ import gin
 import seqio
 
 import recast.tasks  # noqa: F401  (registers every member task)
+from recast.tasks import pretraining
 from recast.mixtures import rates
 
 GLUE = ("glue_cola", "glue_sst2", "glue_mrpc", "glue_qqp", "glue_stsb", "glue_mnli",
@@ -163,7 +164,6 @@ def multitask_pretraining(mixture: str = gin.REQUIRED, corpus_task: str = gin.RE
   The corpus is far larger than K (T5: C4), so its rate is K itself, min(e, K) = K.
   Eval-only members (rate 0) stay at rate 0. `mixture` must list tasks directly.
   """
-  from recast.tasks import pretraining
   pretraining.ensure_pretraining_task(corpus_task)  # derived tasks register on first use
   base = seqio.get_mixture_or_task(mixture)
   if not isinstance(base, seqio.Mixture) or any(

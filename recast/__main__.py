@@ -1,4 +1,4 @@
-"""`python -m trainer` is the `recast` command."""
+"""`python -m recast` is the `recast` command."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""The `recast` command (also `python -m trainer`): one entry point, one subcommand per job.
+"""The `recast` command (also `python -m recast`): one entry point, one subcommand per job.
 
 Each subcommand lives in the module that does the work; that module provides
 `add_arguments(parser)` and `main(args) -> int`. Training-like subcommands take T5X's

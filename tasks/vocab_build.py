@@ -16,7 +16,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 

@@ -82,8 +82,8 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
   work.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   env.update(PYTHONPATH=str(site), PYTHONNOUSERSITE="1", RECAST_CACHE_DIR=str(tmp_path / "cache"))
-  # The venv's editable install puts the checkout on sys.path through a .pth file; the
-  # --target directory comes first on PYTHONPATH, so the wheel's files must win.
+  # The venv's editable install maps `recast` to the checkout with a finder at the end of
+  # sys.meta_path; the --target directory on PYTHONPATH is found first, so the wheel must win.
   where = _run([sys.executable, "-c", textwrap.dedent("""
       import json, recast, recast.trainer.train, recast.gin_config
       print(json.dumps([recast.__file__, recast.trainer.train.__file__,
@@ -104,7 +104,8 @@ def test_installed_wheel_trains_outside_the_checkout(wheel, tmp_path):
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
                  "--gin.BATCH_SIZE=2", "--gin.TRAIN_STEPS=2", "--gin.EVAL_PERIOD=0"],
                 cwd=work, env=env, timeout=300)
-  assert "cudart_stub" not in result.stderr and "oneDNN" not in result.stderr, result.stderr
+  for noise in ("cudart_stub", "cuInit", "oneDNN"):  # start-up is quiet (recast/cli.py)
+    assert noise not in result.stderr, result.stderr
   assert any(p.name.startswith("checkpoint_") for p in model_dir.iterdir()), \
       sorted(p.name for p in model_dir.iterdir())
   records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]

@@ -207,7 +207,7 @@ def make_distill_train_step(model: network.Transformer, optimizer: Any,
   teacher_model = network.Transformer(teacher.config)
   teacher_params = evaluation.shard_params(teacher.params, teacher.config, partitioner)
   teacher_shardings = jax.tree_util.tree_map(lambda x: x.sharding, teacher_params)
-  inputs = train_state_lib._model_inputs  # pylint: disable=protected-access
+  inputs = train_state_lib.model_inputs
 
   def loss_fn(params, batch, dropout_rng, frozen_teacher):
     teacher_logits = jax.lax.stop_gradient(teacher_model.apply(

@@ -25,7 +25,6 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -124,14 +123,6 @@ def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int
                 for k, v in batch.items()}
 
 
-def global_batch(batch: Mapping[str, np.ndarray], partitioner: partitioning.Partitioner
-                 ) -> dict[str, jax.Array]:
-  """Global arrays split over the data axis; every process holds the whole (global) eval
-  batch and each device takes its rows."""
-  sharding = partitioner.batch_sharding
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
-          for k, v in batch.items()}
-
 
 def shard_params(params: Any, config: T5Config, partitioner: partitioning.Partitioner) -> Any:
   """Places an unboxed parameter tree in the partitioner's parameter shardings."""
@@ -146,7 +137,7 @@ def partitioned(fn, partitioner: partitioning.Partitioner):
 
   def run(params, batch, *args):
     with partitioner.activation_context():
-      out = fn(params, global_batch(batch, partitioner), *args)
+      out = fn(params, partitioner.shard_batch(batch, batch_is_global=True), *args)
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), out)
   return run
 
@@ -224,7 +215,7 @@ class Evaluator:
     """{"loss": nats per target token, "token_accuracy": 0-1} over the task's split."""
     totals = {"loss": 0.0, "weight_sum": 0.0, "correct_tokens": 0.0}
     for _, batch in padded_batches(self._datasets[task_name], self.batch_size):
-      metrics = self._eval_step(params, global_batch(batch, self.partitioner))
+      metrics = self._eval_step(params, self.partitioner.shard_batch(batch, batch_is_global=True))
       for name in totals:
         totals[name] += float(metrics[name])
     tokens = max(totals["weight_sum"], 1.0)

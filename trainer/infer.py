@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Mapping, Optional
 
 import gin
 import jax

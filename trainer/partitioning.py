@@ -167,26 +167,35 @@ class Partitioner:
     return DataLayout(batch_size=global_batch_size // num_processes,
                       shard_id=jax.process_index(), num_shards=num_processes)
 
-  def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Global arrays, split along the batch over the data axis, from this process's rows.
+  def shard_batch(self, batch: Mapping[str, np.ndarray], *, batch_is_global: bool = False
+                  ) -> dict[str, jax.Array]:
+    """Global arrays, split along the batch over the data axis: the one way batches reach
+    the mesh (training, evaluation, distillation, benchmarks).
 
     Args:
-      local_batch: features of [local_batch, ...] (this process's `DataLayout` share).
+      batch: features of [rows, ...]: this process's `DataLayout` share (training), or
+        with `batch_is_global` the whole global batch, which every process holds (evaluation
+        reads the same examples everywhere; each device takes its rows).
 
     Returns:
-      The same features as jax.Arrays of [local_batch * num_processes, ...].
+      The same features as jax.Arrays of [global rows, ...] (rows * num_processes for a
+      local batch).
     """
     sharding = self.batch_sharding
     out = {}
-    for name, value in local_batch.items():
+    for name, value in batch.items():
       value = np.asarray(value)
-      global_rows = value.shape[0] * jax.process_count()
+      global_rows = value.shape[0] * (1 if batch_is_global else jax.process_count())
       if global_rows % self.num_data_shards:
         raise PartitioningError(
             f"batch of {global_rows} rows ('{name}') does not split over "
             f"{self.num_data_shards} data-parallel devices; use a multiple of "
             f"{self.num_data_shards}")
-      out[name] = jax.make_array_from_process_local_data(sharding, value)
+      if batch_is_global:
+        out[name] = jax.make_array_from_callback(value.shape, sharding,
+                                                 lambda index, v=value: v[index])
+      else:
+        out[name] = jax.make_array_from_process_local_data(sharding, value)
     return out
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
+import jax
 import numpy as np
 
-from recast import atomic_files, errors, gin_config, metrics_writer
+from recast import errors, gin_config, metrics_writer
 from recast.mixtures import lookup
 from recast.tasks import vocabularies
 from recast.trainer import (checkpoints, evaluation, input_pipeline, network, optimizers,
@@ -137,8 +137,6 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     train_step_factory: replaces `train_state.make_train_step` (same arguments and
       returned step), e.g. `trainer.distillation.make_distill_train_step` with its teacher.
   """
-  import jax
-
   task = lookup.get_mixture_or_task(mixture_or_task_name)
   vocabulary = lookup.output_vocabulary(task)
   vocab_description = vocabularies.describe(vocabulary)
@@ -350,7 +348,6 @@ def main(args: argparse.Namespace) -> int:
       args, command="train", required_macros=REQUIRED_MACROS,
       example="--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
   if not partitioning.initialize_distributed() and args.multiprocess:
-    import jax
     jax.distributed.initialize()
   try:
     train()

@@ -151,7 +151,9 @@ class BackgroundCompiledStep:
     return self._ready(*args)
 
 
-def _model_inputs(batch: Batch) -> dict[str, Array]:
+def model_inputs(batch: Batch) -> dict[str, Array]:
+  """The features `network.Transformer.__call__` takes, out of a batch of
+  seqio.EncDecFeatureConverter features (loss weights and the rest left out)."""
   names = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
            "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
            "decoder_positions")
@@ -221,7 +223,7 @@ def make_train_step(model: network.Transformer, optimizer: Optimizer,
 
   def cross_entropy_loss_fn(params, batch, dropout_rng, frozen):
     del frozen
-    logits = model.apply({"params": params}, **_model_inputs(batch),
+    logits = model.apply({"params": params}, **model_inputs(batch),
                          enable_dropout=config.dropout_rate > 0,
                          rngs={"dropout": dropout_rng})
     return losses.compute_loss(logits, batch, **loss_kwargs)
@@ -304,7 +306,7 @@ def make_eval_step(model: network.Transformer, partitioner: Partitioner, *,
 
   def eval_step(params, batch: Batch):
     with partitioner.activation_context():
-      logits = model.apply({"params": params}, **_model_inputs(batch), enable_dropout=False)
+      logits = model.apply({"params": params}, **model_inputs(batch), enable_dropout=False)
     _, metrics = losses.compute_loss(logits, batch, z_loss=z_loss,
                                      loss_normalizing_factor=None)
     return {"loss": metrics["loss"], "weight_sum": metrics["weight_sum"],

@@ -11,7 +11,7 @@ import pytest
 
 from recast import atomic_files, cli, metrics_writer
 from recast.trainer import checkpoints, network
-from recast.jobs import fusion, eval_base as recycling
+from recast.jobs import eval_base, report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_recycling_table_gains_and_seen_unseen():
                      "super_glue_cb": [50.0, 56.0]},
             "reference": {"glue_rte": [58.0, 58.0], "glue_cola": [12.0, 14.0],
                           "super_glue_cb": [40.0, 40.0]}}
-  table = recycling.recycling_table(scores, seen=["glue_rte", "glue_cola"])
+  table = report.recycling_table(scores, seen=["glue_rte", "glue_cola"])
   rows = {r["task"]: r for r in table["rows"]}
   assert rows["glue_rte"]["base"] == 62.0 and rows["glue_rte"]["base_std"] == 2.0
   assert rows["glue_rte"]["gain"] == 4.0 and rows["glue_cola"]["gain"] == -3.0
@@ -30,16 +30,16 @@ def test_recycling_table_gains_and_seen_unseen():
   assert table["average"]["seen"] == {"tasks": 2, "base": 36.0, "reference": 35.5,
                                       "gain": 0.5}
   assert table["average"]["unseen"]["gain"] == 13.0
-  no_reference = recycling.recycling_table({"base": scores["base"]})
+  no_reference = report.recycling_table({"base": scores["base"]})
   assert "gain" not in no_reference["average"]["all"]
   assert "unseen" in no_reference["average"] and "seen" not in no_reference["average"]
 
 
 def test_report_files(tmp_path):
-  table = recycling.recycling_table(
+  table = report.recycling_table(
       {"base": {"glue_rte": [60.0], "super_glue_cb": [50.0]},
        "reference": {"glue_rte": [58.0], "super_glue_cb": [55.0]}}, seen=["glue_rte"])
-  recycling.write_report(tmp_path, table)
+  eval_base.write_report(tmp_path, table)
   md = (tmp_path / "eval_base.md").read_text()
   assert "| all | 2 | 55.00 | 56.50 | -1.50 |" in md
   unseen, seen = md.index("## Unseen"), md.index("## Seen")
@@ -58,16 +58,16 @@ def test_run_score_and_task_set(tmp_path, monkeypatch):
   writer.write(4, "train", "", {"loss": 2.0})
   writer.write(4, "validation", "glue_mrpc", {"accuracy": 70.0, "f1": 60.0, "loss": 1.5,
                                               "token_accuracy": 0.9})
-  assert recycling.run_score(tmp_path, task="glue_mrpc", step=4) == 65.0
-  with pytest.raises(recycling.RecyclingError, match="no validation metrics for glue_mrpc "
+  assert eval_base.run_score(tmp_path, task="glue_mrpc", step=4) == 65.0
+  with pytest.raises(eval_base.RecyclingError, match="no validation metrics for glue_mrpc "
                      "at step 8"):
-    recycling.run_score(tmp_path, task="glue_mrpc", step=8)
-  names = recycling.task_names("recycling36")
+    eval_base.run_score(tmp_path, task="glue_mrpc", step=8)
+  names = eval_base.task_names("recycling36")
   assert len(names) == 36 and "glue_rte" in names and "tweet_eval_irony" in names
-  assert recycling.eval_split("glue_rte") == "validation"
-  assert recycling.eval_split("twenty_newsgroups") == "test"  # no validation split
-  with pytest.raises(recycling.RecyclingError, match="EVAL_BASE_TASKS is empty"):
-    recycling.task_names([])
+  assert eval_base.eval_split("glue_rte") == "validation"
+  assert eval_base.eval_split("twenty_newsgroups") == "test"  # no validation split
+  with pytest.raises(eval_base.RecyclingError, match="EVAL_BASE_TASKS is empty"):
+    eval_base.task_names([])
 
 
 def _eval_base_argv(out, data_dir, reference) -> list[str]:

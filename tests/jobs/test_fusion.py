@@ -20,7 +20,7 @@ import pytest
 
 from recast import atomic_files, cli, metrics_writer
 from recast.trainer import checkpoints, network
-from recast.jobs import fusion, sweep
+from recast.jobs import fusion, launcher
 
 CONFIG = network.T5Config(vocab_size=128, d_model=32, num_heads=2, d_kv=8, d_ff=48,
                           num_encoder_layers=1, num_decoder_layers=2)
@@ -180,7 +180,7 @@ def test_base_converted_from_hugging_face(tmp_path):
   byte = vocabularies.byte_vocabulary()
   hf = _hf_folder(tmp_path, 4, vocab_size=byte.vocab_size)
   kwargs = dict(vocabulary=byte, vocab_description=vocabularies.describe(byte), seed=0)
-  fused = fusion._prepare_base(tmp_path / "round_0", base_checkpoint=str(hf), **kwargs)
+  fused = fusion.prepare_base(tmp_path / "round_0", base_checkpoint=str(hf), **kwargs)
   direct = convert.hf_to_recast(hf, tmp_path / "direct")
   assert checkpoints.load_config(fused) == checkpoints.load_config(direct)
   want, got = _flat(checkpoints.load_params(direct)), _flat(checkpoints.load_params(fused))
@@ -188,7 +188,7 @@ def test_base_converted_from_hugging_face(tmp_path):
   wrong = _hf_folder(tmp_path, 5, vocab_size=128)
   with pytest.raises(fusion.FusionError, match=f"vocab_size 128 but the pool's vocabulary "
                      f"has {byte.vocab_size}"):
-    fusion._prepare_base(tmp_path / "other_round_0", base_checkpoint=str(wrong), **kwargs)
+    fusion.prepare_base(tmp_path / "other_round_0", base_checkpoint=str(wrong), **kwargs)
   assert not (tmp_path / "other_round_0" / "fused").exists()
 
 
@@ -340,7 +340,7 @@ def test_jobs_run_one_per_gpu_through_ray(tmp_path, monkeypatch):
   ray = pytest.importorskip("ray")
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # conftest hides real GPUs
   monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-  sweep.connect_ray(num_cpus=2, num_gpus=2, log_to_driver=False)
+  launcher.connect_ray(num_cpus=2, num_gpus=2, log_to_driver=False)
   try:
     # The local Ray recast starts: token authentication on, no dashboard listening.
     assert os.environ.get("RAY_AUTH_MODE") == "token"
@@ -349,18 +349,18 @@ def test_jobs_run_one_per_gpu_through_ray(tmp_path, monkeypatch):
                  if c.status == psutil.CONN_LISTEN}
     assert 8265 not in listening  # Ray's dashboard port
     calls = []
-    jobs = [fusion.TrainJob(
+    jobs = [launcher.TrainJob(
         [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"],
         tmp_path / f"job{i}.log", on_start=lambda i=i: calls.append(("start", i)),
         on_done=lambda i=i: calls.append(("done", i))) for i in range(2)]
-    fusion.run_jobs(jobs, parallel="ray")
+    launcher.run_jobs(jobs, parallel="ray")
     gpus = {line for i in range(2) for line in (tmp_path / f"job{i}.log").read_text().split()
             if line.startswith("gpu=")}
     assert gpus == {"gpu=0", "gpu=1"}
     assert sorted(calls) == [("done", 0), ("done", 1), ("start", 0), ("start", 1)]
-    failing = fusion.TrainJob([sys.executable, "-c", "raise SystemExit(3)"],
+    failing = launcher.TrainJob([sys.executable, "-c", "raise SystemExit(3)"],
                               tmp_path / "bad.log")
     with pytest.raises(Exception, match="exited with 3"):
-      fusion.run_jobs([failing, failing], parallel="ray")
+      launcher.run_jobs([failing, failing], parallel="ray")
   finally:
     ray.shutdown()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from recast import metrics_writer
-from recast.jobs import sweep
+from recast.jobs import launcher, sweep
 
 REPO = Path(__file__).resolve().parents[2]
 TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
@@ -233,8 +233,8 @@ def test_recycling_table_gives_gain_per_task_over_the_baseline(tmp_path):
       _record({"base": "t5", "SEED": 1}, **{acc.format("rte"): 0.60, acc.format("cb"): 0.70}),
       _record({"base": "fused", "SEED": 0}, **{acc.format("rte"): 0.70, acc.format("cb"): 0.60,
                                                "validation/rte/f1": 0.1})]
-  columns, rows = sweep.recycling_table(records, row_axes=["base"], metric="accuracy",
-                                        baseline={"base": "t5"})
+  columns, rows = sweep.recycling_rows(records, row_axes=["base"], metric="accuracy",
+                                       baseline={"base": "t5"})
   assert columns == ["base", "cb gain", "rte gain", "mean gain", "mean accuracy"]
   assert rows[0]["base"] == "t5" and rows[0]["mean gain"] == 0.0
   assert rows[1]["rte gain"] == pytest.approx(0.15)
@@ -297,21 +297,21 @@ def test_summary_takes_the_last_value_and_the_best_in_the_right_direction():
 
 def test_trial_environment_gives_jax_its_gpu_share():
   base = {"CUDA_VISIBLE_DEVICES": "3", "PATH": "/bin"}
-  assert sweep.trial_environment(base, gpus=1, extra={})["XLA_PYTHON_CLIENT_MEM_FRACTION"] \
+  assert launcher.train_environment(base, gpus=1, extra={})["XLA_PYTHON_CLIENT_MEM_FRACTION"] \
       == "0.9"
-  half = sweep.trial_environment(base, gpus=0.5, extra={"A": "b"})
+  half = launcher.train_environment(base, gpus=0.5, extra={"A": "b"})
   assert half["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.45" and half["A"] == "b"
   assert half["CUDA_VISIBLE_DEVICES"] == "3"  # Ray's choice of GPU is kept
-  cpu = sweep.trial_environment(base, gpus=0, extra={})
+  cpu = launcher.train_environment(base, gpus=0, extra={})
   assert cpu["CUDA_VISIBLE_DEVICES"] == "" and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in cpu
-  assert sweep.trial_environment(base, gpus=1, extra={
+  assert launcher.train_environment(base, gpus=1, extra={
       "XLA_PYTHON_CLIENT_MEM_FRACTION": ".5"})["XLA_PYTHON_CLIENT_MEM_FRACTION"] == ".5"
 
 
 def test_metrics_tail_reports_the_newest_values_across_a_resumed_rewrite(tmp_path):
   row = lambda step, value: {"step": step, "split": "train", "task": "", "metric": "loss",
                              "value": value}
-  tail = sweep._MetricsTail(tmp_path)
+  tail = sweep.MetricsTail(tmp_path)
   assert not tail.poll()
   metrics_writer.atomic_files.append_jsonl(tmp_path / "metrics.jsonl", [row(1, 3.0), row(2, 2.0)])
   assert tail.poll() and (tail.step, tail.latest) == (2, {"train/loss": 2.0})

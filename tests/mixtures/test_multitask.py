@@ -12,7 +12,6 @@ import seqio
 
 from recast.mixtures import benchmarks, rates
 from recast import cli, gin_config, metrics_writer
-from recast.trainer import train
 
 MIXTURE = "glue_rte_mrpc_cola"
 TASKS = ("glue_cola", "glue_mrpc", "glue_rte")

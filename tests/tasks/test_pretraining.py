@@ -3,7 +3,6 @@ plain-text corpora, and span-corruption batches that are almost all tokens."""
 
 import json
 
-import numpy as np
 import pytest
 import seqio
 

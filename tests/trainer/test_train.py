@@ -147,7 +147,6 @@ def test_batch_counts_counts_packed_examples_and_tokens():
 
 
 def test_truncation_is_reported_and_too_much_is_an_error(toy_task):
-  from recast.trainer import train
   lengths = {"inputs": 64, "targets": 16}
   report = input_pipeline.truncation_report(mixture_or_task_name=toy_task, task_feature_lengths=lengths)
   # Every RTE input is longer than 64 pieces of the toy vocabulary; no target is.
@@ -174,7 +173,6 @@ def test_unknown_task_names_close_matches(toy_task):
 
 def test_drop_metrics_after_removes_rows_of_a_killed_run(tmp_path):
   from recast import metrics_writer
-  from recast.trainer import train
   writer = metrics_writer.MetricsWriter(tmp_path, tensorboard=False)
   for step in (10, 20, 30):
     writer.write(step, "train", "", {"loss": 1.0 / step})
