@@ -70,7 +70,7 @@ def _sum_counts(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int]:
 def packed_batches(*, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                    batch_size: int, num_batches: int, seed: int = 0,
                    packer: str = "first_fit") -> list[dict[str, np.ndarray]]:
-  """The first `num_batches` batches `recast train` would see (trainer.train.train_dataset,
+  """The first `num_batches` batches `recast train` would see (recast.trainer.input_pipeline.train_dataset,
   packed by `packer`, shuffled)."""
   ds = input_pipeline.train_dataset(mixture_or_task_name=mixture_or_task_name,
                                task_feature_lengths=task_feature_lengths,

@@ -37,7 +37,7 @@ def get_mixture_or_task(name: str) -> seqio.DatasetProviderBase:
   except ValueError:
     pass
   known = registered_names()
-  close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+  close = difflib.get_close_matches(name, known + _derived_candidates(name), n=5, cutoff=0.6)
   hint = (f"did you mean {', '.join(close)}?" if close else
           f"{len(known)} are registered; list them with `recast tasks list`")
   raise UnknownTaskError(
@@ -48,6 +48,13 @@ def get_mixture_or_task(name: str) -> seqio.DatasetProviderBase:
 def registered_names() -> list[str]:
   """Every registered task and mixture name, sorted (derived tasks once they were asked for)."""
   return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+
+
+def _derived_candidates(name: str) -> list[str]:
+  """`<task>_<objective>` names near `name` (derived tasks exist before they are asked for)."""
+  bases = [t for t in seqio.TaskRegistry.names() if name.startswith(t + "_")]
+  return [f"{base}_{objective}" for base in bases for objective in
+          difflib.get_close_matches(name[len(base) + 1:], objectives.OBJECTIVES, n=2)]
 
 
 def derived_objectives() -> list[str]:

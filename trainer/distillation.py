@@ -9,7 +9,7 @@ teacher. Per target token, with student logits s and teacher logits t:
 (plus the student's z-loss), normalised like every training loss (`trainer.losses`). The
 teacher's forward pass runs inside the same jitted train step, its parameters frozen (the
 step's `frozen` argument, never donated) and sharded by the same partitioner rules. The
-loop is `trainer.train.train`'s: gin/runs/distill.gin hands it this module's train step
+loop is `recast.trainer.train.train`'s: gin/runs/distill.gin hands it this module's train step
 (`@distillation_step_factory()`) and training task (`@distillation_task()`), so a
 distillation run is `recast distill`, or `recast train` / `recast sweep` with that file.
 
@@ -400,7 +400,7 @@ def register_labelled_task(labels_path: str | os.PathLike, *, vocabulary: Any) -
 
 
 # ------------------------------------------------------------------------------------------
-# The run: what runs/distill.gin hands to `trainer.train.train`
+# The run: what runs/distill.gin hands to `recast.trainer.train.train`
 
 
 _TEACHERS: dict[tuple, tuple[Teacher, Any]] = {}

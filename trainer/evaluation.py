@@ -5,7 +5,7 @@ inference evaluation through `seqio.Evaluator` (decode with `trainer.decoding`, 
 postprocesses and runs the task's metric functions). A mixture also gets averages, under
 the mixture's name: mean loss and token accuracy, and `average` = the mean over tasks of
 each task's mean inference metric, and `glue_score` / `super_glue_score` (T5's
-definition, trainer/benchmark_scores.py) when every task of the benchmark was evaluated.
+definition, mixtures/benchmark_scores.py) when every task of the benchmark was evaluated.
 
     results = Evaluator(mixture_or_task_name="glue_rte", config=config,
                         task_feature_lengths={"inputs": 256, "targets": 8}).evaluate(

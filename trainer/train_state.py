@@ -1,6 +1,6 @@
 """The train state and the one jitted train step (and the teacher-forced eval step).
 
-`trainer.train` owns the loop (input, checkpoints, logs); this module owns what happens to
+`recast.trainer.train` owns the loop (input, checkpoints, logs); this module owns what happens to
 one global batch: forward, loss (`trainer.losses`), gradient accumulation over
 `num_microbatches`, optimizer update (`trainer.optimizers`), all sharded by a
 `trainer.partitioning.Partitioner`.

@@ -1,4 +1,4 @@
-"""trainer.gin_config: gin includes resolve the same from any working directory."""
+"""recast.gin_config: gin includes resolve the same from any working directory."""
 
 import importlib
 
