@@ -1,15 +1,13 @@
 """`recast eval-base`: the model-recycling table (gains, seen/unseen) and a real run."""
 
 import json
-import sys
 from pathlib import Path
 
 import flax.linen as nn
 import jax
-import numpy as np
 import pytest
 
-from recast import atomic_files, cli, metrics_writer
+from recast import cli, metrics_writer
 from recast.trainer import checkpoints, network
 from recast.jobs import eval_base, report
 
@@ -23,7 +21,8 @@ def test_recycling_table_gains_and_seen_unseen():
                           "super_glue_cb": [40.0, 40.0]}}
   table = report.recycling_table(scores, seen=["glue_rte", "glue_cola"])
   rows = {r["task"]: r for r in table["rows"]}
-  assert rows["glue_rte"]["base"] == 62.0 and rows["glue_rte"]["base_std"] == 2.0
+  # Sample std over seeds (n - 1): sqrt(((60-62)^2 + (64-62)^2) / 1) = sqrt(8).
+  assert rows["glue_rte"]["base"] == 62.0 and rows["glue_rte"]["base_std"] == pytest.approx(8 ** 0.5)
   assert rows["glue_rte"]["gain"] == 4.0 and rows["glue_cola"]["gain"] == -3.0
   assert rows["super_glue_cb"]["gain"] == 13.0 and not rows["super_glue_cb"]["seen"]
   assert table["average"]["all"]["gain"] == pytest.approx(14.0 / 3)
@@ -46,7 +45,7 @@ def test_report_files(tmp_path):
   assert md.index("| super_glue_cb |") > unseen and unseen < seen < md.index("| glue_rte |")
   csv = (tmp_path / "eval_base.csv").read_text().splitlines()
   assert csv[0] == "task,seen,base,base_std,reference,reference_std,gain"
-  assert csv[1] == "glue_rte,True,60.0,0.0,58.0,0.0,2.0"
+  assert csv[1] == "glue_rte,True,60.0,,58.0,,2.0"  # one seed: no sample std
   assert json.loads((tmp_path / "eval_base.json").read_text())["average"]["seen"]["gain"] == 2.0
 
 
