@@ -30,6 +30,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recast demo
 
+# Every fault-injection case (kills, damaged checkpoints, torn metrics, second writers), ~20 min.
+faults: $(STAMP)
+	$(PY) -m pytest -q -m faults tests/faults
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 

@@ -169,7 +169,8 @@ def connect_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None
   authentication on (its default for new local clusters; an explicit RAY_AUTH_MODE is
   respected). Ray's core services still bind every interface and advertise the machine's
   address: Ray has no switch for that (it turns a 127.0.0.1 node address back into the
-  machine's own), so see docs/sweeps.md.
+  machine's own), so see docs/sweeps.md. The token file Ray writes, ~/.ray/auth_token
+  (kept for later clusters), is made readable by its owner only.
   """
   import ray
   if ray.is_initialized():
@@ -180,6 +181,12 @@ def connect_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None
   else:
     ray.init(include_dashboard=False, dashboard_host="127.0.0.1", num_cpus=num_cpus,
              num_gpus=num_gpus, log_to_driver=log_to_driver)
+  # Ray creates the token with the umask's mode (0644 under umask 022: every user of the
+  # machine could read it and run code on the cluster); a RAY_AUTH_TOKEN_PATH file is the
+  # user's own and left alone.
+  token = Path.home() / ".ray" / "auth_token"
+  if token.is_file() and not token.is_symlink() and token.stat().st_mode & 0o077:
+    token.chmod(0o600)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ Writes, atomically, to --out (default: MODEL_DIR/report for one run, ./report fo
 
 Columns are each task's inference metrics (accuracy, f1, ...); a task with none (a
 pretraining task) shows its teacher-forced `loss`. `average` is the mean over tasks of each
-task's mean metric; `glue_score` / `super_glue_score` (mixtures/benchmark_scores.py) appear
+task's mean metric; `glue_score` / `super_glue_score` (trainer/benchmark_scores.py) appear
 when a run evaluated every task they need. A mixture's own aggregate rows are recomputed
 here, not copied. "Best" is the maximum (the minimum for losses) per column, as T5 reports
 it; the best benchmark score uses each group's best step (T5's `metric_group_max`).
@@ -38,7 +38,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from recast import atomic_files, errors, metrics_writer
-from recast.mixtures import benchmark_scores
+from recast.trainer import benchmark_scores
 
 TEACHER_FORCED = ("loss", "token_accuracy")
 LOWER_IS_BETTER = ("loss",)

@@ -76,8 +76,6 @@ SPEC_KEYS = {
 }
 GIN_FILE_AXIS = "gin_file"
 TASK_AXES = ("MIXTURE_OR_TASK_NAME", "train.mixture_or_task_name")
-# Macros read by code rather than by gin files (tasks/sources.py, tasks/vocabularies.py).
-CODE_MACROS = ("DATA_DIR", "TASK_DATA_DIRS", "VOCABULARY")
 DONE_FILE = "sweep_done.json"
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
 LOG_FILE = launcher.LOG_FILE
@@ -344,23 +342,10 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   """
   for path in spec.tasks_files:
     task_files.register_task_file(path)
-  known_macros: dict[tuple, set] = {}
   try:
     for trial in trials:
-      where = f"trial {trial.name}"
-      if trial.gin_files not in known_macros:
-        gin_config.parse_gin(trial.gin_files, [], gin_search_paths=spec.gin_search_paths,
-                             finalize=False)
-        known_macros[trial.gin_files] = _macros_in_config(gin.config_str())
-      for binding in trial.bindings:
-        name = binding.split("=", 1)[0].strip()
-        if re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) and name not in known_macros[
-            trial.gin_files] and name not in CODE_MACROS:
-          raise SweepSpecError(
-              f"{where}: gin macro {name} is neither defined nor used by "
-              f"{', '.join(trial.gin_files)}; known macros: "
-              f"{', '.join(sorted(known_macros[trial.gin_files] | set(CODE_MACROS)))}")
-      try:  # The trial's `recast train` opening, as its process will run it.
+      try:  # The trial's `recast train` opening, as its process will run it; it rejects a
+        # macro binding nothing reads (gin_config.check_macro_bindings).
         gin_config.parse_run_flags(argparse.Namespace(
             gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
             gin_search_paths=list(spec.gin_search_paths)), command="train",
@@ -369,16 +354,9 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
         if isinstance(task_name, str):
           lookup.get_mixture_or_task(task_name)
       except errors.UserError as e:
-        raise type(e)(f"{where}: {e}") from None
+        raise type(e)(f"trial {trial.name}: {e}") from None
   finally:
     gin.clear_config(clear_constants=False)
-
-
-def _macros_in_config(config_text: str) -> set[str]:
-  """Macros a parsed gin config defines (`NAME = ...`) or refers to (`%NAME`)."""
-  defined = re.findall(r"^([A-Za-z_]\w*)\s*=", config_text, flags=re.M)
-  used = re.findall(r"%([A-Za-z_]\w*)", config_text)
-  return set(defined) | set(used)
 
 
 # ------------------------------------------------------------------------------------------

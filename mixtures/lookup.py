@@ -19,7 +19,6 @@ import difflib
 
 import seqio
 
-import recast.tasks  # noqa: F401  (registers the built-in tasks; the mixtures are this package's)
 from recast import errors
 from recast.tasks import objectives, pretraining
 

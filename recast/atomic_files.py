@@ -37,6 +37,18 @@ def _umask() -> int:
   return mask
 
 
+def _make_ordinary(root: Path) -> None:
+  """Folders under `root` (itself included) to 0777, files to 0666, less the umask."""
+  mask = _umask()
+  os.chmod(root, 0o777 & ~mask)
+  for folder, dirs, files in os.walk(root):
+    for names, mode in ((dirs, 0o777), (files, 0o666)):
+      for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.islink(path):  # a link's target is not ours to change
+          os.chmod(path, mode & ~mask)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -71,7 +83,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 class staged_dir:
   """Context manager: build a folder under a temporary name, rename it into place on success.
 
-  On error the temporary folder is removed and `final` is left as it was (absent).
+  On success every folder in it gets mode 0777 and every file 0666, less the umask (0755
+  and 0644 under umask 022): mkdtemp makes the staged folder 0700, and a checkpoint or a
+  converted model is for other users too. On error the temporary folder is removed and
+  `final` is left as it was (absent).
   """
 
   def __init__(self, final: str | os.PathLike):
@@ -87,6 +102,7 @@ class staged_dir:
 
   def __exit__(self, exc_type, exc, tb):
     if exc_type is None:
+      _make_ordinary(self.tmp)
       os.replace(self.tmp, self.final)
     else:
       shutil.rmtree(self.tmp, ignore_errors=True)

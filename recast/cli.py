@@ -16,6 +16,8 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from recast import errors, gin_config  # light: gin alone, no JAX or TensorFlow
+
 # (module, one-line help, takes gin flags)
 SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "train": ("recast.trainer.train", "train or fine-tune a model from gin files", True),
@@ -95,7 +97,6 @@ def _configure_runtime() -> None:
 
 def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:
   """The parser; only the chosen subcommand's module is imported (keeps --help fast)."""
-  from recast import gin_config
   parser = argparse.ArgumentParser(
       prog="recast", description="Multi-task text-to-text training: SeqIO tasks, T5 in JAX, "
       "gin configs, Ray sweeps.")
@@ -122,7 +123,6 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _configure_runtime()
-  from recast import errors, gin_config
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     argv, bindings = gin_config.split_gin_bindings(argv)
@@ -143,11 +143,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"recast {args.command} takes no --gin.NAME=VALUE bindings")
   try:
     if getattr(args, "tasks_file", None):
-      from recast.tasks import task_files
+      from recast.tasks import task_files  # heavy (TensorFlow, seqio): only when asked
       for path in args.tasks_file:
         task_files.register_task_file(path)
     return int(module.main(args) or 0)
   except errors.UserError as e:
     print(f"recast {args.command}: error: {e}", file=sys.stderr)
     return 2
-

@@ -7,16 +7,19 @@ everywhere and the model directory always gets `config.gin` and `operative_confi
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util  # gin 0.5.0 needs it loaded for relative includes
+import inspect
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import gin
+from gin import config as gin_internals  # its registry and file readers; no public API
+from gin import resource_reader
 
 from recast import atomic_files, errors
-
 
 
 def _gin_dir() -> Path:
@@ -32,6 +35,10 @@ def _gin_dir() -> Path:
 
 GIN_DIR = _gin_dir()
 _BINDING_FLAG = re.compile(r"^--gin\.([A-Za-z_][\w./]*)=(.*)$", re.S)
+_MACRO_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+# Macros code reads with `gin.query_parameter` (tasks/sources.py, tasks/vocabularies.py,
+# tasks/inspect.py), so every command knows them whether or not a gin file mentions them.
+CODE_MACROS = ("DATA_DIR", "TASK_DATA_DIRS", "VOCABULARY", "TASK_FEATURE_LENGTHS")
 
 
 class GinConfigError(errors.UserError):
@@ -60,9 +67,7 @@ def _python_package_file_exists(config_path: str) -> bool:
 
 
 def _install_safe_package_reader() -> None:
-  from gin import config as gin_config_module
-  from gin import resource_reader
-  readers = gin_config_module._FILE_READERS  # noqa: SLF001  (no public way to replace one)
+  readers = gin_internals._FILE_READERS  # noqa: SLF001  (no public way to replace one)
   for i, (reader, exists) in enumerate(readers):
     if exists is resource_reader.system_path_file_exists:
       readers[i] = (reader, _python_package_file_exists)
@@ -129,6 +134,13 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], *,
 
   Raises GinConfigError naming the file or binding that failed.
   """
+  _parse_files(gin_files, gin_search_paths)
+  _parse_bindings(bindings)
+  if finalize:
+    gin.finalize()
+
+
+def _parse_files(gin_files: Sequence[str], gin_search_paths: Sequence[str]) -> None:
   gin.clear_config(clear_constants=False)
   for path in search_paths(gin_search_paths):
     gin.add_config_file_search_path(path)
@@ -143,17 +155,87 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], *,
   try:
     gin.parse_config_files_and_bindings(resolved, None, finalize_config=False)
   except Exception as e:  # gin raises ValueError, IOError, ParseError, ...
-    raise GinConfigError(f"invalid gin in {', '.join(gin_files) or 'files'}: {e}") from e
+    moved = re.search(r"No module named '(trainer|tasks|mixtures)[.']", str(e))
+    hint = (f"; recast 0.2 installs its modules under `recast.`: write `import recast."
+            f"{moved.group(1)}...` in the gin file (e.g. `import recast.trainer.network`)"
+            if moved else "")
+    raise GinConfigError(f"invalid gin in {', '.join(gin_files) or 'files'}: "
+                         f"{str(e).splitlines()[0] if str(e) else e}{hint}") from e
+
+
+def _parse_bindings(bindings: Sequence[str]) -> None:
   for binding in bindings:
     try:
       gin.parse_config(binding)
     except Exception as e:
+      # gin's message goes on with the binding quoted over lines; its first line says it.
+      reason = str(e).split("\n")[0].rstrip(".")
+      hint = _configurable_hint(_binding_name(binding))
       raise GinConfigError(
-          f"invalid gin binding --gin.{binding}: {e}. Bindings look like "
-          "--gin.TRAIN_STEPS=1000 or --gin.MODEL_DIR=\"'/tmp/run'\"; names must be "
-          "configurables or macros defined by the gin files") from e
-  if finalize:
-    gin.finalize()
+          f"invalid gin binding --gin.{binding}: {reason}" + (
+              f"; {hint}" if hint else ". Bindings look like --gin.TRAIN_STEPS=1000 or "
+              "--gin.MODEL_DIR=\"'/tmp/run'\"; names must be configurables or macros "
+              "defined by the gin files")) from e
+
+
+def _binding_name(binding: str) -> str:
+  return binding.split("=", 1)[0].strip()
+
+
+def _configurable_hint(name: str) -> Optional[str]:
+  """'did you mean ...?' for a `configurable.param` binding gin rejected, else None."""
+  selector, _, param = name.rpartition("/")[2].rpartition(".")
+  if not selector:
+    return None
+  try:
+    configurable = gin.get_configurable(selector)
+  except ValueError:
+    registry = gin_internals._REGISTRY  # noqa: SLF001  (no public list of names)
+    names = {n for full, _ in registry.items() for n in (full, full.rsplit(".", 1)[-1])}
+    close = difflib.get_close_matches(selector, sorted(names), n=3)
+    return f"did you mean {' or '.join(f'{c}.{param}' for c in close)}?" if close else None
+  try:
+    params = list(inspect.signature(configurable).parameters)
+  except (TypeError, ValueError):
+    return None
+  close = difflib.get_close_matches(param, params, n=3)
+  return f"did you mean {' or '.join(f'{selector}.{c}' for c in close)}?" if close else None
+
+
+def macros_in_config(config_text: str) -> set[str]:
+  """Macros a parsed gin config defines (`NAME = ...`) or refers to (`%NAME`)."""
+  defined = re.findall(r"^([A-Za-z_]\w*)\s*=", config_text, flags=re.M)
+  used = re.findall(r"%([A-Za-z_]\w*)", config_text)
+  return set(defined) | set(used)
+
+
+def check_macro_bindings(bindings: Sequence[str], *, gin_files: Sequence[str],
+                         known_macros: Iterable[str] = ()) -> None:
+  """Rejects a binding of a macro that nothing reads: a typo, which gin would accept by
+  defining a new macro. Call it after parsing `gin_files` and before parsing `bindings`.
+
+  A macro (`NAME`, capitals, no dot) is known when a parsed gin file defines it or refers to
+  it (`%NAME`), when a binding refers to it, when code reads it (CODE_MACROS), or when it is
+  in `known_macros` (e.g. the command's required macros). `configurable.param` bindings
+  are left to gin, which knows its configurables.
+
+  >>> check_macro_bindings(["TRAIN_STEP=5"], gin_files=["runs/finetune.gin"])  # doctest: +SKIP
+  GinConfigError: --gin.TRAIN_STEP=5: gin macro TRAIN_STEP is neither defined nor used by
+  runs/finetune.gin; did you mean TRAIN_STEPS?
+  """
+  known = (macros_in_config(gin.config_str()) | set(CODE_MACROS) | set(known_macros) |
+           {m for b in bindings for m in re.findall(r"%([A-Za-z_]\w*)", b.split("=", 1)[-1])})
+  for binding in bindings:
+    name = _binding_name(binding)
+    if not _MACRO_NAME.fullmatch(name) or name in known:
+      continue
+    candidates = sorted(m for m in known if _MACRO_NAME.fullmatch(m))
+    close = difflib.get_close_matches(name, candidates, n=3)
+    files = ", ".join(gin_files) or "any gin file (none given)"
+    raise GinConfigError(
+        f"--gin.{binding}: gin macro {name} is neither defined nor used by {files}; " + (
+            f"did you mean {' or '.join(close)}?" if close else
+            f"known macros: {', '.join(candidates) or 'none'}"))
 
 
 def _find_gin_file(name: str, extra_paths: Sequence[str]) -> Optional[str]:
@@ -165,11 +247,22 @@ def _find_gin_file(name: str, extra_paths: Sequence[str]) -> Optional[str]:
 
 
 def macro_value(name: str, default: Any = gin.REQUIRED) -> Any:
-  """The value bound to gin macro `name` (`default` when unbound)."""
-  try:
-    return gin.query_parameter(f"{name}/macro.value")
-  except ValueError:
-    return default
+  """The value bound to gin macro `name`, following `%OTHER` macro references; `default`
+  when it is unbound or (at the end of its references) `%gin.REQUIRED`."""
+  seen = set()
+  while name not in seen:
+    seen.add(name)
+    try:
+      value = gin.query_parameter(f"{name}/macro.value")
+    except ValueError:
+      return default
+    if _is_required(value):
+      return default
+    reference = repr(value) if isinstance(value, gin.config.ConfigurableReference) else ""
+    if not re.fullmatch(r"%[A-Za-z_]\w*", reference):
+      return value
+    name = reference[1:]
+  return default
 
 
 def require_macros(names: Iterable[str], *, run_file: str = "the run file") -> None:
@@ -189,7 +282,9 @@ def parse_run_flags(args: argparse.Namespace, *, command: str,
                     required_macros: Iterable[str] = (), default_gin_files: Sequence[str] = (),
                     example: Optional[str] = None, finalize: bool = True) -> list[str]:
   """Every subcommand's opening: its gin files (or `default_gin_files`), parsed with the
-  `--gin.NAME=VALUE` bindings and search paths, required macros checked, then finalized.
+  `--gin.NAME=VALUE` bindings and search paths, each binding of a macro checked against
+  the macros the files define or use (`check_macro_bindings`), required macros checked,
+  then finalized.
 
   Args:
     args: the parsed flags (`gin_file`, `gin_bindings`, `gin_search_paths`).
@@ -206,8 +301,10 @@ def parse_run_flags(args: argparse.Namespace, *, command: str,
   if not gin_files and example:
     raise GinConfigError(f"recast {command} needs gin files: a model and a run file, e.g. "
                          f"{example}")
-  parse_gin(gin_files, args.gin_bindings, gin_search_paths=args.gin_search_paths,
-            finalize=False)
+  required_macros = list(required_macros)
+  _parse_files(gin_files, args.gin_search_paths)
+  check_macro_bindings(args.gin_bindings, gin_files=gin_files, known_macros=required_macros)
+  _parse_bindings(args.gin_bindings)
   require_macros(required_macros, run_file=", ".join(gin_files) or "the gin files")
   if finalize:
     gin.finalize()

@@ -21,10 +21,13 @@ class MetricsWriter:
   """Appends rows to metrics.jsonl and scalars to TensorBoard (process 0 only writes)."""
 
   def __init__(self, model_dir: str | os.PathLike, *, tensorboard: bool = True,
-               enabled: bool = True):
+               enabled: bool = True, purge_step: Optional[int] = None):
+    """`purge_step`: the first step this writer writes after a resume; TensorBoard then
+    drops the earlier event files' values from that step on, so no step shows twice."""
     self.model_dir = Path(model_dir)
     self.enabled = enabled
     self.tensorboard = tensorboard
+    self.purge_step = purge_step
     self._tb_writers: dict = {}
 
   @property
@@ -47,7 +50,8 @@ class MetricsWriter:
   def _tb_writer(self, split: str):
     if split not in self._tb_writers:
       from tensorboardX import SummaryWriter  # writes TensorBoard event files, no TF needed
-      self._tb_writers[split] = SummaryWriter(str(self.model_dir / split))
+      self._tb_writers[split] = SummaryWriter(str(self.model_dir / split),
+                                              purge_step=self.purge_step)
     return self._tb_writers[split]
 
   def close(self) -> None:
@@ -68,8 +72,9 @@ def read_metrics(model_dir: str | os.PathLike) -> list[dict]:
 
 
 def drop_rows_after(model_dir: str | os.PathLike, step: int) -> int:
-  """Removes metrics.jsonl rows written after checkpoint `step` by a run that was then
-  killed (they will be written again); returns how many were removed."""
+  """Removes metrics.jsonl rows past `step` (the checkpoint a run restarts from; -1 for a
+  run starting from scratch: every row) and a torn last line, atomically; they are written
+  again by the run. Returns how many rows were removed."""
   path = Path(model_dir) / METRICS_FILE
   if not path.exists():
     return 0
@@ -79,4 +84,3 @@ def drop_rows_after(model_dir: str | os.PathLike, step: int) -> int:
   if len(kept) != len(rows) or torn:  # a torn last line would glue onto the next append
     atomic_files.write_jsonl(path, kept)
   return len(rows) - len(kept)
-

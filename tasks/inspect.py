@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import seqio
 
@@ -21,7 +21,6 @@ from recast.tasks import pretraining, registry, sources, vocabularies
 # What `show` cuts a pretraining objective's text to when TASK_FEATURE_LENGTHS is unbound:
 # T5's span-corruption lengths (512 tokens in, 114 out).
 DERIVED_TASK_LENGTHS = {"inputs": 512, "targets": 114}
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +70,6 @@ def list_tasks() -> dict[str, Any]:
   return {"tasks": rows, "mixtures": mixtures, "derived_objectives": lookup.derived_objectives()}
 
 
-
 def mixture_rates(mixture: seqio.Mixture) -> dict[str, dict[str, float]]:
   """{task: {"rate": its mixing rate, "fraction": its share of the samples}}; raises
   MixingRateError (naming the task) when a rate cannot be computed."""
@@ -116,7 +114,7 @@ def _sequence_length(task: seqio.Task) -> Optional[dict[str, int]]:
   if pretraining.parse_derived_task_name(task.name) is None:
     return None
   bound = gin_config.macro_value("TASK_FEATURE_LENGTHS", None)
-  return dict(bound) if bound else dict(DERIVED_TASK_LENGTHS)
+  return dict(bound) if isinstance(bound, Mapping) else dict(DERIVED_TASK_LENGTHS)
 
 
 def _text(value: Any) -> str:

@@ -12,11 +12,13 @@ parsed later), in this order:
   4. otherwise the TFDS builder (`seqio.TfdsDataSource`).
 With a data directory set, a task whose folder is missing is an error, never a silent
 download. Local values are converted to the types TFDS yields (labels may also be
-written as label names); a bad row raises LocalDataError naming file, line and column.
+written as label names); a bad row raises LocalDataError naming file, line and column, and
+so does a file that is not UTF-8 (checked whole before its rows stream through tf.data).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -34,6 +36,7 @@ ENV_VAR = "RECAST_DATA_DIR"
 FORMATS = ("jsonl", "csv", "tsv")
 TFDS = "tfds"
 _SAMPLE_ROWS = 200
+_CHUNK_BYTES = 1 << 20
 
 
 class LocalDataError(errors.UserError):
@@ -89,8 +92,61 @@ def local_files(spec: specs_lib.TextTaskSpec) -> Optional[dict[str, Path]]:
 
 # ---------------------------------------------------------------------------- reading rows
 
+def not_utf8(path: str | os.PathLike) -> Optional[str]:
+  """Why `path` is not UTF-8 text (file, line of the first bad byte, the fix), or None.
+
+  The line is 1-based: one more than the newlines before the bad byte. Reads the file in
+  chunks, so a large file is never held whole.
+  """
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  offset = newlines = 0  # bytes and b"\n"s before `chunk`
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(_CHUNK_BYTES)
+      pending = len(decoder.getstate()[0])  # an unfinished character from the last chunk
+      try:
+        decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as e:
+        at = e.start - pending  # in `chunk`; < 0 when the bad bytes began in the last one
+        line = newlines + chunk.count(b"\n", 0, max(at, 0)) + 1
+        return (f"{path}, line {line}: byte {e.object[e.start]:#04x} (byte offset "
+                f"{offset + at}) is not UTF-8 text, which recast reads; save it as UTF-8 "
+                f"(e.g. `iconv -f WINDOWS-1252 -t UTF-8 {Path(path).name} > utf8-"
+                f"{Path(path).name}`, naming the encoding it has)")
+      if not chunk:
+        return None
+      offset += len(chunk)
+      newlines += chunk.count(b"\n")
+
+
+def _file_version(path: Path) -> tuple[str, int, int]:
+  stat = path.stat()
+  return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+_UTF8_CHECKED: set[tuple[str, int, int]] = set()
+
+
+def check_utf8(path: str | os.PathLike) -> None:
+  """Raises LocalDataError (file, line, fix) unless `path` is UTF-8; once per file version."""
+  key = _file_version(Path(path))
+  if key not in _UTF8_CHECKED:
+    message = not_utf8(path)
+    if message:
+      raise LocalDataError(message)
+    _UTF8_CHECKED.add(key)
+
+
 def _raw_rows(path: Path) -> Iterator[tuple[int, dict]]:
   """(line number, row dict) for every example in a JSONL/CSV/TSV file."""
+  try:
+    yield from _decoded_rows(path)
+  except UnicodeDecodeError:
+    raise LocalDataError(not_utf8(path) or f"{path} is not UTF-8; save it as UTF-8") \
+        from None
+
+
+def _decoded_rows(path: Path) -> Iterator[tuple[int, dict]]:
   if path.suffix == ".jsonl":
     with open(path, encoding="utf-8") as f:
       for line_no, line in enumerate(f, start=1):
@@ -256,16 +312,20 @@ _COUNTS: dict[tuple[str, int, int], int] = {}
 def count_examples(path: str | os.PathLike) -> int:
   """Examples in a local file, counted once per file version (path, size, mtime)."""
   path = Path(path)
-  stat = path.stat()
-  key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+  key = _file_version(path)
   if key not in _COUNTS:
     _COUNTS[key] = sum(1 for _ in _raw_rows(path))
   return _COUNTS[key]
 
 
 def local_dataset(path: str | os.PathLike, spec: specs_lib.TextTaskSpec) -> tf.data.Dataset:
-  """A tf.data.Dataset streaming the rows of one local file (TFDS-like dtypes)."""
+  """A tf.data.Dataset streaming the rows of one local file (TFDS-like dtypes).
+
+  The file's encoding is checked here, in full: an error inside the stream would reach the
+  user as a tf.errors.InvalidArgumentError wrapping a traceback.
+  """
   path = Path(path)
+  check_utf8(path)
   signature = row_signature(path, spec)
   return tf.data.Dataset.from_generator(
       lambda: read_rows(path, spec, signature=signature), output_signature=signature)
@@ -354,4 +414,3 @@ class TaskDataSource(seqio.DataSource):
 
   def __repr__(self) -> str:
     return f"TaskDataSource(task={self.spec.name!r}, source={self.spec.source!r})"
-

@@ -61,6 +61,17 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     raise TaskFileError(f"{path}: unknown file type '{path.suffix}'; use .jsonl, .csv or .tsv")
   if not path.is_file():
     raise TaskFileError(f"{path}: no such file; paths in a task file are relative to it")
+  try:
+    yield from _decoded_rows(path, kind)
+  except UnicodeDecodeError:
+    raise TaskFileError(_not_utf8(path)) from None
+
+
+def _not_utf8(path: Path) -> str:
+  return sources.not_utf8(path) or f"{path} is not UTF-8 text; save it as UTF-8"
+
+
+def _decoded_rows(path: Path, kind: str) -> Iterator[tuple[int, dict[str, Any]]]:
   with open(path, encoding="utf-8", newline="") as f:
     if kind == "jsonl":
       for line_number, line in enumerate(f, 1):
@@ -231,6 +242,8 @@ def read_task_file(path: str | os.PathLike) -> list[specs_lib.TextTaskSpec]:
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
   except OSError as e:
     raise TaskFileError(f"cannot read task file {path}: {e.strerror}") from None
+  except UnicodeDecodeError:
+    raise TaskFileError(_not_utf8(path)) from None
   except yaml.YAMLError as e:
     mark = getattr(e, "problem_mark", None)
     at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -70,6 +70,17 @@ def byte_vocabulary(extra_ids: int = EXTRA_IDS) -> seqio.Vocabulary:
   return seqio.ByteVocabulary(extra_ids=extra_ids)
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args: Any) -> None:
+  """An absl warning given once per process (the vocabulary is resolved on every use)."""
+  text = message % args
+  if text not in _warned:
+    _warned.add(text)
+    logging.warning(message, *args)
+
+
 @functools.lru_cache(maxsize=1)
 def _t5_vocabulary_readable() -> bool:
   try:
@@ -109,8 +120,10 @@ def get_vocabulary() -> seqio.Vocabulary:
     return _from_setting(os.environ[ENV_VAR], f"environment variable {ENV_VAR}")
   if _t5_vocabulary_readable():
     return sentencepiece_vocabulary(T5_VOCABULARY_PATH)
-  logging.warning("T5's vocabulary (%s) cannot be read and no VOCABULARY is set; using the "
-                  "byte vocabulary", T5_VOCABULARY_PATH)
+  _warn_once("T5's vocabulary (%s) cannot be read and no VOCABULARY is set; using the "
+             "byte vocabulary. Tiny models learn much slower on bytes; build one with "
+             "`recast vocab build --task TASK --vocab_size 8000 --out spiece.model` and pass "
+             "--gin.VOCABULARY=spiece.model", T5_VOCABULARY_PATH)
   return byte_vocabulary()
 
 

@@ -28,8 +28,9 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from recast import atomic_files, errors
-from recast.tasks import vocabularies
 from recast.trainer.network import T5Config
 
 METADATA_FILE = "recast_checkpoint.json"
@@ -204,7 +204,6 @@ def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
   return sorted(steps)
 
 
-
 def read_meta(step_dir: str | os.PathLike) -> dict:
   """The JSON metadata saved with one training checkpoint folder (checkpoint_N)."""
   handler = ocp.Checkpointer(ocp.JsonCheckpointHandler())
@@ -230,10 +229,69 @@ def check_compatible(step_dir: str | os.PathLike, *, expected_params: Any,
   return meta
 
 
+def find_resumable(model_dir: str | os.PathLike, *, expected_params: Any,
+                   vocabulary: Optional[dict], exclude: Sequence[int] = ()
+                   ) -> tuple[Optional[int], Optional[dict], list[tuple[int, str]]]:
+  """(step, metadata) of the newest checkpoint in `model_dir` whose metadata and parameter
+  layout read completely, walking back past damaged ones, and [(step, why)] of each one
+  passed over (newest first); (None, None, skipped) when none is readable.
+
+  A checkpoint that reads but does not fit the model or vocabulary is not damage: its
+  CheckpointError is raised (the run's flags are wrong, not the checkpoint). Reads no array
+  data (`restore_train_state` does, and a failure there is handled the same way)."""
+  skipped = []
+  for step in reversed(checkpoint_steps(model_dir)):
+    if step in exclude:
+      continue
+    step_dir = Path(model_dir) / f"{STEP_PREFIX}_{step}"
+    try:
+      meta = read_meta(step_dir)
+      shapes = saved_param_shapes(step_dir)
+    except Exception as e:  # orbax/tensorstore/json raise many types for a damaged file
+      skipped.append((step, damage_reason(e)))
+      continue
+    check_vocabulary(meta.get("vocabulary"), vocabulary, source=str(step_dir))
+    check_params_match(shapes, expected_params, source=str(step_dir))
+    return step, meta, skipped
+  return None, None, skipped
+
+
+def damage_reason(error: BaseException) -> str:
+  """One line saying why a checkpoint did not read (the first line of the error)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def set_aside(model_dir: str | os.PathLike, step: int, reason: str) -> Path:
+  """Renames a damaged `checkpoint_N` to `checkpoint_N.damaged` (kept for a look, out of the
+  way of the run that saves step N again) and says so on stderr."""
+  source = Path(model_dir) / f"{STEP_PREFIX}_{step}"
+  target = source.with_name(source.name + ".damaged")
+  n = 1
+  while target.exists():
+    n += 1
+    target = source.with_name(f"{source.name}.damaged{n}")
+  os.replace(source, target)
+  print(f"warning: {source} is damaged ({reason}); moved it to {target.name} and resuming "
+        "from the checkpoint before it", file=sys.stderr, flush=True)
+  return target
+
+
+def restore_train_state(model_dir: str | os.PathLike, step: int, abstract_state: Any) -> Any:
+  """Reads checkpoint `step`'s train state into the structure, shapes and shardings of
+  `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with `.sharding`)."""
+  step_dir = (Path(model_dir) / f"{STEP_PREFIX}_{step}").resolve()
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(step_dir / "state", abstract_state)
+
+
 def check_vocabulary(saved: Optional[dict], current: Optional[dict], *, source: str) -> None:
   """Raises a UserError when the vocabulary a checkpoint was trained with (its saved
   `tasks.vocabularies.describe`) is not the task's; unknown on either side: accepted."""
   if saved and current:
+    # Imported here: recast.tasks registers every built-in task on import (seconds), which
+    # `recast convert` and `fuse average` never need.
+    from recast.tasks import vocabularies
     vocabularies.check_compatible(saved, current, what=f"checkpoint {source}")
 
 
@@ -300,7 +358,7 @@ def resolve(path: str | os.PathLike, *, mode: str = "latest",
   Raises CheckpointError naming `what` (e.g. "CHECKPOINT_PATH") when `path` holds none.
   """
   if mode not in ("all", "latest"):
-    raise CheckpointError(f"mode={mode!r}: use 'all' or 'latest'")
+    raise CheckpointError(f"{what}: mode={mode!r}; use 'all' or 'latest'")
   path = Path(path)
   if is_param_checkpoint(path):
     return [CheckpointRef(int(read_metadata(path).get("step", 0)), path, True)]

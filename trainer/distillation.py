@@ -41,6 +41,9 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
+import tensorflow as tf
+from jax.experimental import multihost_utils
 
 from recast import atomic_files, errors, gin_config
 from recast.mixtures import lookup
@@ -147,7 +150,8 @@ def load_teacher(path: str | os.PathLike, *, vocabulary: Any,
     vocabulary: the seqio vocabulary of the student's tasks.
     student_config: the student, vocab_size filled in.
   Raises DistillationError (before anything is written) when the teacher's recorded
-  vocabulary or vocab_size differs from the student's, or no checkpoint is there.
+  vocabulary or vocab_size differs from the student's, or the path does not exist;
+  checkpoints.CheckpointError when it holds no checkpoint.
   """
   if not Path(path).exists():
     raise DistillationError(f"TEACHER_CHECKPOINT_PATH {path} does not exist; point it at a "
@@ -283,7 +287,6 @@ def transfer_inputs(transfer_data: str, *, split: str, vocabulary: Any,
   `tasks.pretraining.register_text_corpus`, or a glob of text files (one input per line,
   `inputs_prefix` + the line; e.g. "sst2 sentence: " to match the teacher's task).
   """
-  import seqio
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if transfer_data in known:
     task = seqio.get_mixture_or_task(transfer_data)
@@ -364,7 +367,6 @@ def label_transfer_data(*, model_dir: str | os.PathLike, teacher: Teacher, trans
     atomic_files.write_json(meta_path, dict(meta, num_examples=len(inputs)))
     print(f"teacher labelled {len(inputs)} inputs of {transfer_data} -> {path}", flush=True)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("teacher_labels")
   return path
 
@@ -375,8 +377,6 @@ def register_labelled_task(labels_path: str | os.PathLike, *, vocabulary: Any) -
   The task's train split is the labels file's rows: "inputs" and "targets" token ids with
   EOS appended, output features in `vocabulary`.
   """
-  import seqio
-  import tensorflow as tf
   labels_path = Path(labels_path).resolve()
   rows = atomic_files.read_jsonl(labels_path)
   name = "teacher_labels_" + hashlib.sha1(str(labels_path).encode()).hexdigest()[:10]

@@ -5,7 +5,7 @@ inference evaluation through `seqio.Evaluator` (decode with `trainer.decoding`, 
 postprocesses and runs the task's metric functions). A mixture also gets averages, under
 the mixture's name: mean loss and token accuracy, and `average` = the mean over tasks of
 each task's mean inference metric, and `glue_score` / `super_glue_score` (T5's
-definition, mixtures/benchmark_scores.py) when every task of the benchmark was evaluated.
+definition, trainer/benchmark_scores.py) when every task of the benchmark was evaluated.
 
     results = Evaluator(mixture_or_task_name="glue_rte", config=config,
                         task_feature_lengths={"inputs": 256, "targets": 8}).evaluate(
@@ -30,9 +30,10 @@ import seqio
 import tensorflow as tf
 
 from recast import atomic_files, errors, gin_config, metrics_writer
-from recast.mixtures import benchmark_scores, lookup
+from recast.mixtures import lookup
 from recast.tasks import vocabularies
-from recast.trainer import checkpoints, decoding, network, partitioning, train_state
+from recast.trainer import (benchmark_scores, checkpoints, decoding, network, partitioning,
+                            train_state)
 from recast.trainer.network import T5Config
 
 PREDICTIONS_DIR = "inference_eval"
@@ -121,7 +122,6 @@ def pad_batch(batch: Mapping[str, np.ndarray], batch_size: int
   rows = len(next(iter(batch.values())))
   return rows, {k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
                 for k, v in batch.items()}
-
 
 
 def shard_params(params: Any, config: T5Config, partitioner: partitioning.Partitioner) -> Any:
@@ -285,7 +285,6 @@ def _with_index(index, example):
 # `recast eval`
 
 
-
 def load_checkpoint(ref: checkpoints.CheckpointRef, *, vocabulary: seqio.Vocabulary
                     ) -> tuple[T5Config, Any]:
   """(model config, numpy parameters) of a parameter or training checkpoint, after checking
@@ -314,8 +313,6 @@ def evaluate_checkpoints(*, checkpoint_path: str = gin.REQUIRED,
   holding the checkpoints); a parameter checkpoint needs it set (EVAL_OUTPUT_DIR).
   The Evaluator's other settings (batch_size, num_examples, decoding_options) come from gin.
   """
-  if mode not in ("all", "latest"):
-    raise EvaluationError(f"evaluate_checkpoints.mode={mode!r}: use 'all' or 'latest'")
   found = checkpoints.resolve(checkpoint_path, mode=mode, what="CHECKPOINT_PATH")
   if output_dir is None:
     if checkpoints.is_param_checkpoint(checkpoint_path):

@@ -21,11 +21,11 @@ import gin
 import jax
 import numpy as np
 
-from recast import errors, gin_config, metrics_writer
+from recast import errors, gin_config, metrics_writer, run_lock
 from recast.mixtures import lookup
 from recast.tasks import vocabularies
 from recast.trainer import (checkpoints, evaluation, input_pipeline, network, optimizers,
-                            partitioning, train_state as train_state_lib)
+                            partitioning, run_values, train_state as train_state_lib)
 from recast.trainer.network import T5Config
 
 REQUIRED_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")
@@ -91,7 +91,6 @@ def _clock(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-
 # ------------------------------------------------------------------------------------------
 # The loop
 
@@ -137,6 +136,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     train_step_factory: replaces `train_state.make_train_step` (same arguments and
       returned step), e.g. `trainer.distillation.make_distill_train_step` with its teacher.
   """
+  run_values.check_run_values(batch_size=batch_size, train_steps=train_steps,
+                              task_feature_lengths=task_feature_lengths,
+                              eval_period=eval_period, checkpoint_period=checkpoint_period)
+  run_values.check_writable(model_dir)
   task = lookup.get_mixture_or_task(mixture_or_task_name)
   vocabulary = lookup.output_vocabulary(task)
   vocab_description = vocabularies.describe(vocabulary)
@@ -148,10 +151,17 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   optimizer = optimizers.create_optimizer()
   abstract_state = train_state_lib.abstract_train_state(config, optimizer, partitioner)
 
-  # Everything that can reject the run happens before anything is written.
-  resume_step, resume_meta, initial_params = _restore_source(
-      model_dir, initial_checkpoint_path, expected_params=abstract_state.params,
-      vocabulary=vocab_description)
+  # Everything that can reject the run happens before anything is written; a second writer
+  # is turned away first, before the slow checks.
+  if is_chief:
+    run_lock.check_free(model_dir)
+  resume_step, resume_meta, damaged = checkpoints.find_resumable(
+      model_dir, expected_params=abstract_state.params, vocabulary=vocab_description)
+  initial_params = None
+  if resume_step is None and initial_checkpoint_path:
+    initial_params = checkpoints.load_initial_params(
+        initial_checkpoint_path, expected_params=abstract_state.params,
+        vocabulary=vocab_description)
   meta = {"model": config.to_dict(), "vocabulary": vocab_description,
           "mixture_or_task_name": mixture_or_task_name,
           "task_feature_lengths": dict(task_feature_lengths), "batch_size": batch_size,
@@ -167,113 +177,113 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     if warning and is_chief:
       print(f"warning: {warning}", file=sys.stderr, flush=True)
 
-  if is_chief:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    gin_config.write_config_files(model_dir, operative=False)
-  if resume_step is not None and resume_step >= train_steps:
-    print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to do",
-          flush=True)
-    return {}
-  manager = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
-  dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
-  data_position = int(resume_meta["data_position"]) if resume_step is not None else 0
-
-  # The first batch, then the train step's compilation in the background while the state
-  # is initialised or restored and the evaluator is built (time to the first step).
-  model = network.Transformer(config)
-  train_step = (train_step_factory or train_state_lib.make_train_step)(
-      model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
-      label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
-  local_batches = input_pipeline.train_dataset(
-      mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
-      batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
-      use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
-      num_shards=layout.num_shards, start_batch=data_position,
-      packer=packer).as_numpy_iterator()
-  # (this process's batch, the global batch on the mesh), the first one sharded once.
-  batches = ((local, partitioner.shard_batch(local)) for local in local_batches)
-  first = next(batches)
-  batches = itertools.chain([first], batches)
-  if hasattr(train_step, "lower"):  # a jitted step (factories may return other callables)
-    train_step = train_state_lib.BackgroundCompiledStep(train_step, abstract_state, first[1],
-                                                        dropout_rng)
-  if resume_step is not None:
-    state, _ = manager.restore(resume_step, abstract_state)
+  with run_lock.hold(model_dir, enabled=is_chief):
     if is_chief:
-      metrics_writer.drop_rows_after(model_dir, resume_step)
-      print(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}",
-            flush=True)
-  else:
-    state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
-                                               params=initial_params)
-  start_step = int(state.step)
-  evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
-                              mixture_or_task_name=(eval_mixture_or_task_name
-                                                    or mixture_or_task_name),
-                              task_feature_lengths=task_feature_lengths,
-                              eval_period=eval_period, use_cached=use_cached)
-  writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief)
-  progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
-                         enabled=is_chief)
-  window: list[dict[str, float]] = []
-  summary: dict[str, float] = {}
-  pending = None  # The last step's metrics, fetched after the next step is dispatched.
-  try:
-    for step in range(start_step + 1, train_steps + 1):
-      local, batch = next(batches)
-      state, metrics = train_step(state, batch, dropout_rng)
-      if pending is not None:
+      for step, reason in damaged:
+        checkpoints.set_aside(model_dir, step, reason)
+      gin_config.write_config_files(model_dir, operative=False)
+    if resume_step is not None and resume_step >= train_steps:
+      print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to "
+            "do", flush=True)
+      return {}
+    init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+    dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
+
+    def open_batches(data_position: int):
+      """(this process's batch, the global batch on the mesh) from `data_position` on."""
+      local_batches = input_pipeline.train_dataset(
+          mixture_or_task_name=mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+          batch_size=layout.batch_size, split=split, shuffle=shuffle, seed=seed,
+          use_cached=use_cached, pack=pack, shard_index=layout.shard_id,
+          num_shards=layout.num_shards, start_batch=data_position,
+          packer=packer).as_numpy_iterator()
+      return ((local, partitioner.shard_batch(local)) for local in local_batches)
+
+    # The first batch, then the train step's compilation in the background while the state
+    # is initialised or restored and the evaluator is built (time to the first step).
+    data_position = int(resume_meta["data_position"]) if resume_step is not None else 0
+    model = network.Transformer(config)
+    train_step = (train_step_factory or train_state_lib.make_train_step)(
+        model, optimizer, partitioner, num_microbatches=num_microbatches, z_loss=z_loss,
+        label_smoothing=label_smoothing, loss_normalizing_factor=loss_normalizing_factor)
+    batches = open_batches(data_position)
+    first = next(batches)  # sharded once, then chained back
+    batches = itertools.chain([first], batches)
+    if hasattr(train_step, "lower"):  # a jitted step (factories may return other callables)
+      train_step = train_state_lib.BackgroundCompiledStep(train_step, abstract_state, first[1],
+                                                          dropout_rng)
+    state = None
+    while resume_step is not None and state is None:
+      try:
+        state = checkpoints.restore_train_state(model_dir, resume_step, abstract_state)
+      except Exception as e:  # array data damaged after its metadata read fine
+        if not is_chief:
+          raise
+        checkpoints.set_aside(model_dir, resume_step, checkpoints.damage_reason(e))
+        resume_step, resume_meta, damaged = checkpoints.find_resumable(
+            model_dir, expected_params=abstract_state.params, vocabulary=vocab_description)
+        for step, reason in damaged:
+          checkpoints.set_aside(model_dir, step, reason)
+        data_position = int(resume_meta["data_position"]) if resume_step is not None else 0
+        batches = open_batches(data_position)
+    if is_chief:  # rows past the restored step (all rows, from scratch) are written again
+      metrics_writer.drop_rows_after(model_dir, -1 if resume_step is None else resume_step)
+    if resume_step is not None:
+      if is_chief:
+        print(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}",
+              flush=True)
+    else:
+      state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
+                                                 params=initial_params)
+    manager = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
+    start_step = int(state.step)
+    evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
+                                mixture_or_task_name=(eval_mixture_or_task_name
+                                                      or mixture_or_task_name),
+                                task_feature_lengths=task_feature_lengths,
+                                eval_period=eval_period, use_cached=use_cached)
+    writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief, purge_step=start_step + 1)
+    progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
+                           enabled=is_chief)
+    window: list[dict[str, float]] = []
+    summary: dict[str, float] = {}
+    pending = None  # The last step's metrics, fetched after the next step is dispatched.
+    try:
+      for step in range(start_step + 1, train_steps + 1):
+        local, batch = next(batches)
+        state, metrics = train_step(state, batch, dropout_rng)
+        if pending is not None:
+          window.append(_fetch_finite(*pending, manager=manager))
+        pending = (step, metrics)
+        examples, tokens = input_pipeline.batch_counts(local)
+        progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
+        if step == start_step + 1 and is_chief:
+          gin_config.write_config_files(model_dir, operative=True)
+        stats_due = step % stats_period == 0 or step == train_steps
+        checkpoint_due = step % checkpoint_period == 0 or step == train_steps
+        eval_due = bool(eval_period) and step % eval_period == 0
+        if not (stats_due or checkpoint_due or eval_due):
+          continue
         window.append(_fetch_finite(*pending, manager=manager))
-      pending = (step, metrics)
-      examples, tokens = input_pipeline.batch_counts(local)
-      progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
-      if step == start_step + 1 and is_chief:
-        gin_config.write_config_files(model_dir, operative=True)
-      stats_due = step % stats_period == 0 or step == train_steps
-      checkpoint_due = step % checkpoint_period == 0 or step == train_steps
-      eval_due = bool(eval_period) and step % eval_period == 0
-      if not (stats_due or checkpoint_due or eval_due):
-        continue
-      window.append(_fetch_finite(*pending, manager=manager))
-      pending = None
-      if stats_due:
-        summary = _summarize(window)
-        summary.update(progress.line(step, summary))
-        writer.write(step, "train", "", summary)
-        window = []
-      if checkpoint_due:
-        manager.save(step, state, meta=dict(
-            meta, data_position=data_position + step - start_step))
-      if eval_due:
-        _evaluate(evaluator, state.params, step=step, writer=writer)
-  finally:
-    progress.close()
-    if evaluator is not None:
-      evaluator.close()
-    manager.wait()
-    manager.close()
-    writer.close()
-  return summary
-
-
-def _restore_source(model_dir: Path, initial_checkpoint_path: Optional[str], *,
-                    expected_params: Any, vocabulary: dict
-                    ) -> tuple[Optional[int], Optional[dict], Any]:
-  """(step to resume in model_dir, its metadata, None) or (None, None, initial parameters
-  or None for random init).
-
-  Checks shapes and vocabulary; raises CheckpointError before anything is written."""
-  steps = checkpoints.checkpoint_steps(model_dir)
-  if steps:
-    step_dir = model_dir / f"{checkpoints.STEP_PREFIX}_{steps[-1]}"
-    meta = checkpoints.check_compatible(step_dir, expected_params=expected_params,
-                                            vocabulary=vocabulary)
-    return steps[-1], meta, None
-  if initial_checkpoint_path:
-    return None, None, checkpoints.load_initial_params(
-        initial_checkpoint_path, expected_params=expected_params, vocabulary=vocabulary)
-  return None, None, None
+        pending = None
+        if stats_due:
+          summary = _summarize(window)
+          summary.update(progress.line(step, summary))
+          writer.write(step, "train", "", summary)
+          window = []
+        if checkpoint_due:
+          manager.save(step, state, meta=dict(
+              meta, data_position=data_position + step - start_step))
+        if eval_due:
+          _evaluate(evaluator, state.params, step=step, writer=writer)
+    finally:
+      progress.close()
+      if evaluator is not None:
+        evaluator.close()
+      manager.wait()
+      manager.close()
+      writer.close()
+    return summary
 
 
 def _fetch_finite(step: int, metrics: Mapping[str, Any], *,

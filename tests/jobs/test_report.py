@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from recast.mixtures import benchmark_scores
+from recast.trainer import benchmark_scores
 from recast import cli, metrics_writer
 from recast.jobs import report
 

@@ -86,3 +86,18 @@ def test_show_derived_task_prints_span_corrupted_text_with_sentinels(tmp_path, c
     # Inputs keep the text outside the noise spans; the labels never appear.
     assert "cat" in ex["inputs"] + ex["targets"]
     assert "entailment" not in ex["inputs"] + ex["targets"]
+
+
+def test_show_derived_task_with_a_run_file_whose_lengths_are_required(tmp_path, capsys):
+  """runs/finetune.gin leaves TASK_FEATURE_LENGTHS %gin.REQUIRED: show cuts to T5's 512/114
+  instead of failing on the unresolved reference."""
+  folder = tmp_path / "glue" / "rte"
+  folder.mkdir(parents=True)
+  rows = [{"idx": i, "sentence1": "word " * 300, "sentence2": "x", "label": 0} for i in range(4)]
+  (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert cli.main(["tasks", "--gin_file=models/t5_1_1/tiny.gin", "--gin_file=runs/finetune.gin",
+                   "show", "glue_rte_span_corruption", "-n", "1", "--json",
+                   f"--gin.DATA_DIR={tmp_path}", "--gin.VOCABULARY='byte'"]) == 0
+  shown = json.loads(capsys.readouterr().out)
+  assert shown["examples"][0]["inputs_length"] == 512
+  assert shown["examples"][0]["targets_length"] == 114

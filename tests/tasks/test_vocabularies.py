@@ -1,6 +1,7 @@
 """The tasks' vocabulary: resolved at use time from gin/env, described for checkpoints,
 mismatches rejected; `recast vocab build` writes a model with T5's conventions."""
 
+import logging
 from pathlib import Path
 
 import gin
@@ -38,6 +39,19 @@ def test_resolution_order(monkeypatch):
   with vocabularies.use_vocabulary(vocabularies.byte_vocabulary()):
     assert proxy.encode("hi") == [107, 108]  # bytes + 3 special ids
   assert proxy.eos_id == 1 and proxy.extra_ids == 7
+
+
+def test_byte_fallback_warns_once_per_process(monkeypatch, caplog):
+  monkeypatch.setattr(vocabularies, "_warned", set())
+  caplog.set_level(logging.WARNING)
+  for _ in range(2):  # seqio resolves the vocabulary twice per example, and per feature
+    vocabularies.get_vocabulary()
+    assert vocabularies.TASK_VOCABULARY.encode("hi") == [107, 108]
+  warnings = [r.getMessage() for r in caplog.records if "byte vocabulary" in r.getMessage()]
+  assert len(warnings) == 1
+  assert vocabularies.T5_VOCABULARY_PATH in warnings[0]
+  assert "recast vocab build --task TASK --vocab_size 8000" in warnings[0]
+  assert "--gin.VOCABULARY=" in warnings[0]
 
 
 def test_missing_model_file_is_a_user_error():

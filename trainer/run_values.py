@@ -1,0 +1,95 @@
+"""The checks a training run's settings pass before any data is read or anything written.
+
+`recast train` and `recast distill` call them first, so a bad macro costs no data pass and
+leaves no half-made MODEL_DIR; each error names the macro and a value that works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from recast import errors
+
+FEATURES = ("inputs", "targets")
+
+
+class RunValueError(errors.UserError):
+  """A run setting that cannot train; the message names the macro and the fix."""
+
+
+def check_run_values(*, batch_size: Any, train_steps: Any, task_feature_lengths: Any,
+                     eval_period: Any, checkpoint_period: Any) -> None:
+  """Raises RunValueError for the first setting that cannot train.
+
+  Args:
+    batch_size: BATCH_SIZE, a positive int (examples per step, all devices together).
+    train_steps: TRAIN_STEPS, a positive int (the step to stop at).
+    task_feature_lengths: TASK_FEATURE_LENGTHS, a mapping with 'inputs' and 'targets',
+      each a positive int (tokens).
+    eval_period: EVAL_PERIOD, an int >= 0 (0: never evaluate).
+    checkpoint_period: CHECKPOINT_PERIOD, a positive int (steps between checkpoints).
+
+  >>> check_run_values(batch_size=0, train_steps=10,  # doctest: +SKIP
+  ...                  task_feature_lengths={"inputs": 8, "targets": 4},
+  ...                  eval_period=0, checkpoint_period=1000)
+  RunValueError: BATCH_SIZE=0: use a positive number of examples per step, e.g. --gin.BATCH_SIZE=32
+  """
+  _check_count("BATCH_SIZE", batch_size, minimum=1, unit="examples per step", example="32")
+  _check_count("TRAIN_STEPS", train_steps, minimum=1, unit="steps to train to",
+               example="1000")
+  _check_count("EVAL_PERIOD", eval_period, minimum=0,
+               unit="steps between evaluations (0: never)", example="1000")
+  _check_count("CHECKPOINT_PERIOD", checkpoint_period, minimum=1,
+               unit="steps between checkpoints", example="1000")
+  _check_feature_lengths(task_feature_lengths)
+
+
+def check_writable(model_dir: str | os.PathLike, *, what: str = "MODEL_DIR") -> None:
+  """Raises RunValueError unless `model_dir` is a writable folder or can be made one.
+
+  Creates nothing: checks the folder itself when it exists, else its nearest existing
+  ancestor, which must be a folder this process may write into.
+  """
+  path = Path(os.path.expanduser(str(model_dir))).absolute()
+  existing = path
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  fix = f"choose another folder, e.g. --gin.{what}=/tmp/run"
+  if not existing.is_dir():
+    raise RunValueError(f"{what}={str(model_dir)!r} cannot be created: {existing} is a file, "
+                        f"not a folder; {fix}")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    where = "is not writable" if existing == path else f"cannot be created: {existing} is " \
+        "not writable"
+    raise RunValueError(f"{what}={str(model_dir)!r} {where} by this user; {fix}")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_count(name: str, value: Any, *, minimum: int, unit: str, example: str) -> None:
+  if _is_int(value) and value >= minimum:
+    return
+  kind = "a positive" if minimum > 0 else "a non-negative"
+  why = "" if _is_int(value) else f" (got {type(value).__name__}, not a whole number)"
+  raise RunValueError(f"{name}={value!r}{why}: use {kind} number of {unit}, e.g. "
+                      f"--gin.{name}={example}")
+
+
+def _check_feature_lengths(lengths: Any) -> None:
+  example = "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\""
+  if not isinstance(lengths, Mapping):
+    raise RunValueError(f"TASK_FEATURE_LENGTHS={lengths!r}: use a dict of token lengths per "
+                        f"feature, e.g. {example}")
+  missing = [f for f in FEATURES if f not in lengths]
+  if missing:
+    raise RunValueError(f"TASK_FEATURE_LENGTHS={dict(lengths)!r} has no "
+                        f"{' or '.join(repr(f) for f in missing)}; give both, e.g. {example}")
+  bad = {k: v for k, v in lengths.items() if not (_is_int(v) and v > 0)}
+  if bad:
+    raise RunValueError(f"TASK_FEATURE_LENGTHS={dict(lengths)!r}: "
+                        f"{', '.join(repr(k) for k in bad)} must be a positive number of "
+                        f"tokens, e.g. {example}")
