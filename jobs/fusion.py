@@ -45,7 +45,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import seqio
 
-from recast import atomic_files, errors, gin_config, metrics_writer
+from recast import atomic_files, errors, gin_config, metrics_writer, run_lock
 from recast.jobs import launcher
 from recast.mixtures import lookup
 from recast.tasks import vocabularies
@@ -362,42 +362,43 @@ def cold_fusion(*, fusion_dir: str = gin.REQUIRED, pool: Sequence[str] = gin.REQ
               "fusion_rule": fusion_rule, "fusion_params": fusion_params, "seed": seed,
               "task_feature_lengths": dict(task_feature_lengths)}
   _check_resume_settings(fusion_dir, settings)
-  examples = ({n: _train_examples(t, n) for n, t in tasks.items()}
-              if fusion_rule == "examples" else {})
-  vocab_description = vocabularies.describe(vocabulary)
-  base = prepare_base(fusion_dir / "round_0", base_checkpoint=base_checkpoint,
-                       vocabulary=vocabulary, vocab_description=vocab_description, seed=seed)
-  config = checkpoints.load_config(base)
-  atomic_files.write_json(fusion_dir / SETTINGS_FILE, dict(settings, rounds=rounds))
-  evaluator = _RoundEvaluator(pool=pool, task_feature_lengths=task_feature_lengths,
-                              config=config, num_examples=eval_num_examples,
-                              batch_size=eval_batch_size)
-  try:
-    _finish_round(fusion_dir, 0, base, evaluator)
-    for r in range(1, rounds + 1):
-      round_dir = fusion_dir / f"round_{r}"
-      if is_done(round_dir):
-        continue
-      shared = fusion_dir / f"round_{r - 1}" / "fused"
-      chosen = sample_contributors(pool, round_index=r, count=contributors_per_round,
-                                   seed=seed)
-      atomic_files.write_json(round_dir / "contributors.json", chosen)
-      _run_contributors(fusion_dir, r, chosen, shared=shared, config=config,
-                        train_flags=train_flags, steps=contributor_steps, seed=seed,
-                        parallel=parallel, ray_address=ray_address)
-      fused = round_dir / "fused"
-      if not checkpoints.is_param_checkpoint(fused):
-        shutil.rmtree(fused, ignore_errors=True)
-        members = [round_dir / "contributors" / t for t in chosen]
-        weights = [examples[t] for t in chosen] if examples else None
-        if fusion_params:  # unselected parameters: the shared model's (weight 0 first)
-          members = [shared, *members]
-          weights = [0.0, *(weights or [1.0] * len(chosen))]
-        average_checkpoints(members, out=fused, weights=weights,
-                            params_regex=fusion_params)
-      _finish_round(fusion_dir, r, fused, evaluator)
-  finally:
-    evaluator.close()
+  with run_lock.hold(fusion_dir, what="FUSION_DIR"):  # one driver per fusion folder
+    examples = ({n: _train_examples(t, n) for n, t in tasks.items()}
+                if fusion_rule == "examples" else {})
+    vocab_description = vocabularies.describe(vocabulary)
+    base = prepare_base(fusion_dir / "round_0", base_checkpoint=base_checkpoint,
+                         vocabulary=vocabulary, vocab_description=vocab_description, seed=seed)
+    config = checkpoints.load_config(base)
+    atomic_files.write_json(fusion_dir / SETTINGS_FILE, dict(settings, rounds=rounds))
+    evaluator = _RoundEvaluator(pool=pool, task_feature_lengths=task_feature_lengths,
+                                config=config, num_examples=eval_num_examples,
+                                batch_size=eval_batch_size)
+    try:
+      _finish_round(fusion_dir, 0, base, evaluator)
+      for r in range(1, rounds + 1):
+        round_dir = fusion_dir / f"round_{r}"
+        if is_done(round_dir):
+          continue
+        shared = fusion_dir / f"round_{r - 1}" / "fused"
+        chosen = sample_contributors(pool, round_index=r, count=contributors_per_round,
+                                     seed=seed)
+        atomic_files.write_json(round_dir / "contributors.json", chosen)
+        _run_contributors(fusion_dir, r, chosen, shared=shared, config=config,
+                          train_flags=train_flags, steps=contributor_steps, seed=seed,
+                          parallel=parallel, ray_address=ray_address)
+        fused = round_dir / "fused"
+        if not checkpoints.is_param_checkpoint(fused):
+          shutil.rmtree(fused, ignore_errors=True)
+          members = [round_dir / "contributors" / t for t in chosen]
+          weights = [examples[t] for t in chosen] if examples else None
+          if fusion_params:  # unselected parameters: the shared model's (weight 0 first)
+            members = [shared, *members]
+            weights = [0.0, *(weights or [1.0] * len(chosen))]
+          average_checkpoints(members, out=fused, weights=weights,
+                              params_regex=fusion_params)
+        _finish_round(fusion_dir, r, fused, evaluator)
+    finally:
+      evaluator.close()
   rows = score_rows(fusion_dir)
   write_score_report(fusion_dir, rows)
   return rows

@@ -52,7 +52,7 @@ from typing import Any, Mapping, Optional, Sequence
 import gin
 import yaml
 
-from recast import atomic_files, errors, gin_config, metrics_writer
+from recast import atomic_files, errors, gin_config, metrics_writer, run_lock
 from recast.jobs import launcher, report
 from recast.mixtures import lookup
 from recast.tasks import task_files
@@ -485,19 +485,20 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] =
   validate_trials(spec, trials)
   experiment_dir = spec.experiment_dir
   _check_experiment_dir(spec, trials, resume=resume)
-  experiment_dir.mkdir(parents=True, exist_ok=True)
-  atomic_files.write_json(experiment_dir / SWEEP_FILE, _describe(spec, trials))
-  done = [t for t in trials if (Path(t.model_dir) / DONE_FILE).exists()]
-  pending = [t for t in trials if t not in done]
-  outcome = SweepOutcome(experiment_dir=experiment_dir, ran=[t.name for t in pending],
-                         skipped=[t.name for t in done], failed=[])
-  if done:
-    print(f"{len(done)} of {len(trials)} trials already done; running {len(pending)}",
-          flush=True)
-  if pending:
-    outcome.failed = _tune(spec, pending, address=address, num_cpus=num_cpus,
-                           num_gpus=num_gpus, verbose=verbose)
-  outcome.results_dir = write_results(spec, trials)
+  with run_lock.hold(experiment_dir, what="experiment folder"):  # one sweep driver
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    atomic_files.write_json(experiment_dir / SWEEP_FILE, _describe(spec, trials))
+    done = [t for t in trials if (Path(t.model_dir) / DONE_FILE).exists()]
+    pending = [t for t in trials if t not in done]
+    outcome = SweepOutcome(experiment_dir=experiment_dir, ran=[t.name for t in pending],
+                           skipped=[t.name for t in done], failed=[])
+    if done:
+      print(f"{len(done)} of {len(trials)} trials already done; running {len(pending)}",
+            flush=True)
+    if pending:
+      outcome.failed = _tune(spec, pending, address=address, num_cpus=num_cpus,
+                             num_gpus=num_gpus, verbose=verbose)
+    outcome.results_dir = write_results(spec, trials)
   return outcome
 
 

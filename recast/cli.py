@@ -148,5 +148,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         task_files.register_task_file(path)
     return int(module.main(args) or 0)
   except errors.UserError as e:
-    print(f"recast {args.command}: error: {e}", file=sys.stderr)
+    message = str(e).split("\n  In call to configurable")[0]  # the line gin appends
+    print(f"recast {args.command}: error: {message}", file=sys.stderr)
     return 2

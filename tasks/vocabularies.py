@@ -109,6 +109,16 @@ def _gin_vocabulary_setting() -> Any:
     return None
 
 
+def user_setting() -> Optional[str]:
+  """Where the user chose a vocabulary ("gin macro VOCABULARY", the environment variable),
+  or None when tasks fall back to T5's or the byte vocabulary."""
+  if _gin_vocabulary_setting() is not None:
+    return "gin macro VOCABULARY"
+  if os.environ.get(ENV_VAR):
+    return f"environment variable {ENV_VAR}"
+  return None
+
+
 def get_vocabulary() -> seqio.Vocabulary:
   """The vocabulary every task uses now (see the module docstring for the order)."""
   if _override:

@@ -24,6 +24,7 @@ MODEL_DIR, one `checkpoint_N` folder) into checkpoint folders.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -316,6 +317,26 @@ def load_initial_params(path: str | os.PathLike, *, expected_params: Any,
   return jax.tree_util.tree_map(np.asarray, state["params"])
 
 
+def store_run_vocabulary(model_dir: str | os.PathLike, vocabulary: dict) -> Optional[Path]:
+  """Copies a run's SentencePiece model (`vocabulary`: its `describe`) to
+  MODEL_DIR/spiece.model, so its checkpoints carry it wherever the run folder goes; None for
+  a byte vocabulary. An existing copy with the same sha256 is kept."""
+  source = vocabulary.get("path")
+  if not source:
+    return None
+  target = Path(model_dir) / VOCAB_FILE
+  if target.is_file() and _sha256(target) == vocabulary.get("sha256"):
+    return target
+  with open(source, "rb") as f:  # local path or anything open() reads
+    data = f.read()
+  atomic_files.write_bytes(target, data)
+  return target
+
+
+def _sha256(path: Path) -> str:
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------------
 # The one resolver
 
@@ -331,6 +352,12 @@ class CheckpointRef:
   def meta(self) -> dict:
     """Its JSON metadata (model config, vocabulary, ...)."""
     return read_metadata(self.folder) if self.is_param_checkpoint else read_meta(self.folder)
+
+  @property
+  def vocabulary_file(self) -> Optional[Path]:
+    """The SentencePiece model it carries: its own spiece.model, else its run's."""
+    folders = [self.folder] if self.is_param_checkpoint else [self.folder, self.folder.parent]
+    return next((f / VOCAB_FILE for f in folders if (f / VOCAB_FILE).is_file()), None)
 
   @property
   def array_dir(self) -> Path:

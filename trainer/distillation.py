@@ -503,8 +503,5 @@ def main(args: argparse.Namespace) -> int:
   gin.finalize()
   if not partitioning.initialize_distributed() and args.multiprocess:
     jax.distributed.initialize()
-  try:
-    train_lib.train()
-  except errors.UserError as e:  # Without the "In call to configurable" line gin appends.
-    raise errors.UserError(str(e).split("\n  In call to configurable")[0]) from None
+  train_lib.train()
   return 0

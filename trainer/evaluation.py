@@ -18,6 +18,7 @@ Predictions go to MODEL_DIR/inference_eval/<task>-<step>.jsonl, one row per exam
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -285,6 +286,47 @@ def _with_index(index, example):
 # `recast eval`
 
 
+def carried_vocabulary(ref: checkpoints.CheckpointRef) -> Optional[seqio.Vocabulary]:
+  """The vocabulary a checkpoint carries: its spiece.model (or its run's), else what its
+  metadata records (bytes, or a SentencePiece file still where it was); None if unknown."""
+  described = ref.meta.get("vocabulary") or {}
+  extra_ids = int(described.get("extra_ids", vocabularies.EXTRA_IDS))
+  if ref.vocabulary_file is not None:
+    return vocabularies.sentencepiece_vocabulary(str(ref.vocabulary_file), extra_ids)
+  if described.get("type") == "byte":
+    return vocabularies.byte_vocabulary(extra_ids)
+  path = described.get("path")
+  if described.get("type") == "sentencepiece" and path and os.path.isfile(path):
+    return vocabularies.sentencepiece_vocabulary(path, extra_ids)
+  return None
+
+
+@contextlib.contextmanager
+def checkpoint_vocabulary(ref: checkpoints.CheckpointRef) -> Iterator[seqio.Vocabulary]:
+  """Within the block every task uses the vocabulary `ref` carries (eval, infer and
+  distillation read a checkpoint the same way, from any working directory). A VOCABULARY
+  the user set that is another vocabulary is an error naming both; unset is fine."""
+  carried = carried_vocabulary(ref)
+  if carried is None:
+    yield vocabularies.get_vocabulary()
+    return
+  where = vocabularies.user_setting()
+  if where:
+    chosen, theirs = vocabularies.describe(vocabularies.get_vocabulary()), \
+        vocabularies.describe(carried)
+    differ = [k for k in ("type", "size", "extra_ids", "sha256")
+              if chosen.get(k) is not None and theirs.get(k) is not None
+              and chosen[k] != theirs[k]]
+    if differ:
+      name = lambda d: d.get("path") or d["type"]
+      raise vocabularies.VocabularyError(
+          f"{where} is {name(chosen)}, but checkpoint {ref.folder} was trained with "
+          f"{name(theirs)} ({', '.join(f'{k} {chosen[k]} vs {theirs[k]}' for k in differ)}); "
+          "leave VOCABULARY unset to use the checkpoint's own, or set it to that model")
+  with vocabularies.use_vocabulary(carried):
+    yield carried
+
+
 def load_checkpoint(ref: checkpoints.CheckpointRef, *, vocabulary: seqio.Vocabulary
                     ) -> tuple[T5Config, Any]:
   """(model config, numpy parameters) of a parameter or training checkpoint, after checking
@@ -314,34 +356,36 @@ def evaluate_checkpoints(*, checkpoint_path: str = gin.REQUIRED,
   The Evaluator's other settings (batch_size, num_examples, decoding_options) come from gin.
   """
   found = checkpoints.resolve(checkpoint_path, mode=mode, what="CHECKPOINT_PATH")
-  if output_dir is None:
-    if checkpoints.is_param_checkpoint(checkpoint_path):
-      raise EvaluationError(
-          f"{checkpoint_path} is a parameter checkpoint; set --gin.EVAL_OUTPUT_DIR=... for "
-          "the metrics and predictions")
-    output_dir = found[0].folder.parent
-  vocabulary = lookup.output_vocabulary(lookup.get_mixture_or_task(mixture_or_task_name))
-  writer = metrics_writer.MetricsWriter(output_dir, enabled=jax.process_index() == 0)
-  evaluator, all_results = None, {}
-  try:
-    for ref in found:
-      step = ref.step
-      config, params = load_checkpoint(ref, vocabulary=vocabulary)
-      if evaluator is None or evaluator.config != config.with_vocab_size(vocabulary.vocab_size):
-        evaluator = Evaluator(mixture_or_task_name=mixture_or_task_name,
-                              task_feature_lengths=task_feature_lengths, config=config,
-                              split=split, model_dir=output_dir)
-      results = evaluator.evaluate(params, step=step)
-      for task_name, values in results.items():
-        writer.write(step, split, task_name, values)
-      if jax.process_index() == 0:
-        for task_name, values in sorted(results.items()):
-          shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())
-                           if v is not None and math.isfinite(v))
-          print(f"step {step} {split} {task_name}: {shown}", flush=True)
-      all_results[step] = results
-  finally:
-    writer.close()
+  with checkpoint_vocabulary(found[-1]):
+    if output_dir is None:
+      if checkpoints.is_param_checkpoint(checkpoint_path):
+        raise EvaluationError(
+            f"{checkpoint_path} is a parameter checkpoint; set --gin.EVAL_OUTPUT_DIR=... for "
+            "the metrics and predictions")
+      output_dir = found[0].folder.parent
+    vocabulary = lookup.output_vocabulary(lookup.get_mixture_or_task(mixture_or_task_name))
+    writer = metrics_writer.MetricsWriter(output_dir, enabled=jax.process_index() == 0)
+    evaluator, all_results = None, {}
+    try:
+      for ref in found:
+        step = ref.step
+        config, params = load_checkpoint(ref, vocabulary=vocabulary)
+        sized = config.with_vocab_size(vocabulary.vocab_size)
+        if evaluator is None or evaluator.config != sized:
+          evaluator = Evaluator(mixture_or_task_name=mixture_or_task_name,
+                                task_feature_lengths=task_feature_lengths, config=config,
+                                split=split, model_dir=output_dir)
+        results = evaluator.evaluate(params, step=step)
+        for task_name, values in results.items():
+          writer.write(step, split, task_name, values)
+        if jax.process_index() == 0:
+          for task_name, values in sorted(results.items()):
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())
+                             if v is not None and math.isfinite(v))
+            print(f"step {step} {split} {task_name}: {shown}", flush=True)
+        all_results[step] = results
+    finally:
+      writer.close()
   return all_results
 
 

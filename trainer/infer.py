@@ -23,7 +23,6 @@ import seqio
 
 from recast import atomic_files, errors, gin_config
 from recast.mixtures import lookup
-from recast.tasks import vocabularies
 from recast.trainer import checkpoints, decoding, evaluation, network, partitioning
 
 MODES = ("predict", "score")
@@ -57,20 +56,6 @@ def read_input_file(path: str | Path) -> list[dict[str, str]]:
     rows.append({k: str(v) for k, v in row.items() if k in ("inputs", "targets")})
   return rows
 
-
-def checkpoint_vocabulary(ref: checkpoints.CheckpointRef) -> seqio.Vocabulary:
-  """The vocabulary a checkpoint records: its spiece.model, else its metadata, else the
-  VOCABULARY gin macro / environment (tasks.vocabularies.get_vocabulary)."""
-  described = ref.meta.get("vocabulary") or {}
-  extra_ids = int(described.get("extra_ids", vocabularies.EXTRA_IDS))
-  spiece = checkpoints.vocabulary_file(ref.folder) if ref.is_param_checkpoint else None
-  if spiece is not None:
-    return vocabularies.sentencepiece_vocabulary(str(spiece), extra_ids)
-  if described.get("type") == "byte":
-    return vocabularies.byte_vocabulary(extra_ids)
-  if described.get("type") == "sentencepiece" and described.get("path"):
-    return vocabularies.sentencepiece_vocabulary(described["path"], extra_ids)
-  return vocabularies.get_vocabulary()
 
 
 def _model_features(inputs: list[int], targets: list[int], lengths: Mapping[str, int]
@@ -139,24 +124,23 @@ def infer(*, checkpoint_path: str = gin.REQUIRED,
                      "and INPUT_FILE (a .txt or .jsonl file of inputs)")
   lengths = dict(task_feature_lengths)
   ref = checkpoints.resolve(checkpoint_path, what="CHECKPOINT_PATH")[-1]
-  examples = None
-  if mixture_or_task_name is not None:
-    task = lookup.get_mixture_or_task(mixture_or_task_name)
-    if not isinstance(task, seqio.Task):
-      raise InferError(f"{mixture_or_task_name} is a mixture; `recast infer` reads one task "
-                       f"(one of {', '.join(t.name for t in seqio.get_subtasks(task))})")
-    vocabulary = lookup.output_vocabulary(task)
-    rows, examples = _task_rows(task, split=split, lengths=lengths, num_examples=num_examples)
-    name = f"{task.name}-{split}"
-  else:
-    rows = read_input_file(input_file)[:num_examples]
-    if mode == "score" and any("targets" not in r for r in rows):
-      raise InferError(f"score mode needs targets: give {input_file} as JSONL with "
-                       "\"inputs\" and \"targets\" fields")
-    vocabulary = checkpoint_vocabulary(ref)
-    name = Path(input_file).stem
-  if not rows:
-    raise InferError(f"no inputs in {input_file or mixture_or_task_name}")
+  with evaluation.checkpoint_vocabulary(ref) as vocabulary:
+    examples = None
+    if mixture_or_task_name is not None:
+      task = lookup.get_mixture_or_task(mixture_or_task_name)
+      if not isinstance(task, seqio.Task):
+        raise InferError(f"{mixture_or_task_name} is a mixture; `recast infer` reads one task "
+                         f"(one of {', '.join(t.name for t in seqio.get_subtasks(task))})")
+      rows, examples = _task_rows(task, split=split, lengths=lengths, num_examples=num_examples)
+      name = f"{task.name}-{split}"
+    else:
+      rows = read_input_file(input_file)[:num_examples]
+      if mode == "score" and any("targets" not in r for r in rows):
+        raise InferError(f"score mode needs targets: give {input_file} as JSONL with "
+                         "\"inputs\" and \"targets\" fields")
+      name = Path(input_file).stem
+    if not rows:
+      raise InferError(f"no inputs in {input_file or mixture_or_task_name}")
   config, params = evaluation.load_checkpoint(ref, vocabulary=vocabulary)
   config = config.with_vocab_size(vocabulary.vocab_size)
   partitioner = partitioning.Partitioner()

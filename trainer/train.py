@@ -182,6 +182,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       for step, reason in damaged:
         checkpoints.set_aside(model_dir, step, reason)
       gin_config.write_config_files(model_dir, operative=False)
+      checkpoints.store_run_vocabulary(model_dir, vocab_description)  # travels with the run
     if resume_step is not None and resume_step >= train_steps:
       print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to "
             "do", flush=True)
@@ -359,8 +360,5 @@ def main(args: argparse.Namespace) -> int:
       example="--gin_file=models/t5_1_1/small.gin --gin_file=runs/finetune.gin")
   if not partitioning.initialize_distributed() and args.multiprocess:
     jax.distributed.initialize()
-  try:
-    train()
-  except errors.UserError as e:  # Without the "In call to configurable" line gin appends.
-    raise errors.UserError(str(e).split("\n  In call to configurable")[0]) from None
+  train()
   return 0
