@@ -193,16 +193,27 @@ class RunCheckpoints:
 
 
 def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
-  """Steps of the committed training checkpoints in `model_dir` (oldest first)."""
+  """Steps of the committed training checkpoints in `model_dir` (oldest first).
+
+  orbax writes a checkpoint under a temporary name and renames it to `checkpoint_N` once
+  complete, so every `checkpoint_N` folder was committed; one damaged since is still listed
+  (`find_resumable` sets it aside), so no later save collides with it."""
   model_dir = Path(model_dir)
   if not model_dir.is_dir():
     return []
-  steps = []
-  for child in model_dir.iterdir():
-    match = _STEP_DIR.match(child.name)
-    if match and (child / "meta").is_dir() and (child / "state").is_dir():
-      steps.append(int(match.group(1)))
-  return sorted(steps)
+  return sorted(int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(model_dir))
+                if m and (model_dir / m.group(0)).is_dir())
+
+
+def missing_files(step_dir: str | os.PathLike) -> list[str]:
+  """The files every training checkpoint has that `step_dir` lacks (checked before orbax
+  reads it: a read of a checkpoint without its manifest prints tracebacks from orbax's
+  threads)."""
+  step_dir = Path(step_dir)
+  required = ["meta/metadata", "state/_METADATA"]
+  if any(step_dir.glob("state/ocdbt.process_*")) or not (step_dir / "state").is_dir():
+    required.append("state/manifest.ocdbt")
+  return [name for name in required if not (step_dir / name).is_file()]
 
 
 def read_meta(step_dir: str | os.PathLike) -> dict:
@@ -245,6 +256,10 @@ def find_resumable(model_dir: str | os.PathLike, *, expected_params: Any,
     if step in exclude:
       continue
     step_dir = Path(model_dir) / f"{STEP_PREFIX}_{step}"
+    missing = missing_files(step_dir)
+    if missing:
+      skipped.append((step, f"missing {', '.join(missing)}"))
+      continue
     try:
       meta = read_meta(step_dir)
       shapes = saved_param_shapes(step_dir)

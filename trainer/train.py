@@ -272,11 +272,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           summary.update(progress.line(step, summary))
           writer.write(step, "train", "", summary)
           window = []
+        if eval_due:  # before the checkpoint: a run killed while evaluating redoes the step
+          _evaluate(evaluator, state.params, step=step, writer=writer)
         if checkpoint_due:
           manager.save(step, state, meta=dict(
               meta, data_position=data_position + step - start_step))
-        if eval_due:
-          _evaluate(evaluator, state.params, step=step, writer=writer)
     finally:
       progress.close()
       if evaluator is not None:
