@@ -72,7 +72,7 @@ def run_score(model_dir: str | os.PathLike, *, task: str, step: int) -> float:
   score = fusion.task_scores({task: values}, [task])[task]["score"]
   if not np.isfinite(score):
     raise RecyclingError(f"{model_dir} has no validation metrics for {task} at step {step}; "
-                         "see its train.log")
+                         "see its output.log")
   return score
 
 

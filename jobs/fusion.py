@@ -472,7 +472,7 @@ def _run_contributors(fusion_dir: Path, round_index: int, chosen: Sequence[str],
     def on_done(task=task, model_dir=model_dir):
       if checkpoints.checkpoint_steps(model_dir)[-1:] != [steps]:
         raise FusionError(f"contributor {task} finished without a checkpoint at step {steps} "
-                          f"in {model_dir}; see its train.log")
+                          f"in {model_dir}; see its output.log")
       atomic_files.write_json(model_dir / DONE, {"task": task, "steps": steps})
       _event(fusion_dir, "contributor_done", round=round_index, task=task)
 

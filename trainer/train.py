@@ -10,8 +10,10 @@ the same flags continues where its last checkpoint left off, data stream include
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,12 +45,16 @@ class ProgressLog:
   """A line every `period` steps (step, loss, learning rate, examples/s, tokens/s, ETA);
   a tqdm bar as well when stderr is a terminal. Only process 0 prints."""
 
-  def __init__(self, *, start_step: int, train_steps: int, period: int, enabled: bool):
+  def __init__(self, *, start_step: int, train_steps: int, period: int, enabled: bool,
+               log: Optional["RunLog"] = None):
     self.train_steps, self.period, self.enabled = train_steps, max(1, period), enabled
+    self._log = log
     self._bar = None
     if enabled and sys.stderr.isatty():
       from tqdm import tqdm
       self._bar = tqdm(total=train_steps, initial=start_step, unit="step", dynamic_ncols=True)
+      if log is not None:
+        log.write_console = self._bar.write
     self._reset(start_step)
 
   def _reset(self, step: int) -> None:
@@ -74,7 +80,9 @@ class ProgressLog:
               + (f" lr {lr:.3g}" if lr is not None else "")
               + f" examples/s {rates['examples_per_second']:.1f}"
               f" tokens/s {rates['tokens_per_second']:.0f} ETA {_clock(eta)}")
-      if self._bar is not None:
+      if self._log is not None:
+        self._log(text)
+      elif self._bar is not None:
         self._bar.write(text)
       else:
         print(text, flush=True)
@@ -84,6 +92,122 @@ class ProgressLog:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      if self._log is not None:
+        self._log.write_console = lambda text: print(text, flush=True)
+
+
+class RunLog:
+  """The run's console: each line printed and, once the run holds MODEL_DIR, appended to
+  MODEL_DIR/train.log with a timestamp (lines from before are written then). Process 0 only.
+  """
+
+  FILE = "train.log"
+
+  def __init__(self, model_dir: Path, *, enabled: bool):
+    self.path = model_dir / self.FILE
+    self.enabled = enabled
+    self._pending: list[str] = []
+    self._file = None
+    self.write_console: Callable[[str], None] = lambda text: print(text, flush=True)
+
+  def __call__(self, text: str, *, console: bool = True) -> None:
+    if not self.enabled:
+      return
+    if console:
+      self.write_console(text)
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n"
+    if self._file is None:
+      self._pending.append(line)
+    else:
+      self._file.write(line)
+      self._file.flush()
+
+  def open(self) -> None:
+    """Starts writing train.log (call with the MODEL_DIR lock held)."""
+    if self.enabled and self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")
+      self._file.write("".join(self._pending))
+      self._file.flush()
+      self._pending = []
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def seconds_since_start() -> float:
+  """Seconds since this process started (Linux: /proc; elsewhere since recast was imported)."""
+  try:
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    return max(0.0, time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK")))
+  except (OSError, ValueError, IndexError, StopIteration):
+    return time.time() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+class BestMetric:
+  """The run's headline validation metric and its best value so far: a mixture's
+  `glue_score`/`super_glue_score`/`average`, else the task's first inference metric,
+  else the teacher-forced loss (lower is better)."""
+
+  PREFERRED = ("glue_score", "super_glue_score", "average")
+
+  def __init__(self, name: str):
+    self.name = name  # the evaluated mixture or task
+    self.key: Optional[tuple[str, str]] = None
+    self.best: Optional[tuple[float, int]] = None
+
+  def _pick(self, results: Mapping[str, Mapping[str, float]]) -> Optional[tuple[str, str]]:
+    own = results.get(self.name, {})
+    for metric in self.PREFERRED:
+      if metric in own:
+        return self.name, metric
+    for task, values in results.items():
+      for metric in values:
+        if metric not in ("loss", "token_accuracy"):
+          return task, metric
+    return (self.name, "loss") if "loss" in own else next(
+        ((t, "loss") for t, v in results.items() if "loss" in v), None)
+
+  def update(self, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
+    self.key = self.key or self._pick(results)
+    if self.key is None or self.key[1] not in results.get(self.key[0], {}):
+      return
+    value = float(results[self.key[0]][self.key[1]])
+    lower = self.key[1] == "loss"
+    if self.best is None or (value < self.best[0] if lower else value > self.best[0]):
+      self.best = (value, step)
+
+  def describe(self, kept_steps: Sequence[int]) -> Optional[str]:
+    if self.best is None:
+      return None
+    value, step = self.best
+    where = (f"{checkpoints.STEP_PREFIX}_{step}" if step in kept_steps
+             else "no checkpoint kept of that step")
+    return f"best {self.key[0]}/{self.key[1]} {value:.4g} at step {step} ({where})"
+
+
+def _param_total(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+def format_eval(step: int, results: Mapping[str, Mapping[str, float]], *, mixture: str
+                ) -> list[str]:
+  """Console lines of one evaluation: one per task, the mixture's averages last."""
+  order = sorted(results, key=lambda task: (task == mixture and len(results) > 1, task))
+  lines = []
+  for task in order:
+    values = results[task]
+    shown = " ".join(f"{metric} {value:.4g}" for metric, value in values.items()
+                     if isinstance(value, (int, float)))
+    label = f"{task} (mixture)" if task == mixture and len(results) > 1 else task
+    lines.append(f"eval step {step} {label}: {shown}")
+  return lines
 
 
 def _clock(seconds: float) -> str:
@@ -146,6 +270,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
   config = (config or T5Config()).with_vocab_size(vocabulary.vocab_size)
   model_dir = Path(model_dir)
   is_chief = jax.process_index() == 0
+  log = RunLog(model_dir, enabled=is_chief)
   partitioner = partitioning.Partitioner()
   layout = partitioner.get_data_layout(batch_size)
   optimizer = optimizers.create_optimizer()
@@ -176,16 +301,21 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
         name=mixture_or_task_name)
     if warning and is_chief:
       print(f"warning: {warning}", file=sys.stderr, flush=True)
+      log(f"warning: {warning}", console=False)
 
-  with run_lock.hold(model_dir, enabled=is_chief):
+  with run_lock.hold(model_dir, enabled=is_chief), contextlib.closing(log):
+    log.open()
+    log(f"recast train: {model_dir} ({mixture_or_task_name}; "
+        f"{_param_total(abstract_state.params):,} parameters, {vocab_description.get('type', 'vocabulary')} vocabulary of "
+        f"{config.vocab_size:,}; batch {batch_size}, steps to {train_steps}; "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s))")
     if is_chief:
       for step, reason in damaged:
         checkpoints.set_aside(model_dir, step, reason)
       gin_config.write_config_files(model_dir, operative=False)
       checkpoints.store_run_vocabulary(model_dir, vocab_description)  # travels with the run
     if resume_step is not None and resume_step >= train_steps:
-      print(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to "
-            "do", flush=True)
+      log(f"{model_dir} is at step {resume_step} >= TRAIN_STEPS={train_steps}; nothing to do")
       return {}
     init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
     dropout_rng = jax.device_put(dropout_rng, partitioner.replicated)
@@ -230,12 +360,12 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
     if is_chief:  # rows past the restored step (all rows, from scratch) are written again
       metrics_writer.drop_rows_after(model_dir, -1 if resume_step is None else resume_step)
     if resume_step is not None:
-      if is_chief:
-        print(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}",
-              flush=True)
+      log(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}")
     else:
       state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
                                                  params=initial_params)
+      log(f"initialised from {initial_checkpoint_path}" if initial_params is not None
+          else f"initialised at random (seed {seed})")
     manager = checkpoints.RunCheckpoints(model_dir, keep=keep_checkpoints)
     start_step = int(state.step)
     evaluator = _make_evaluator(model_dir=model_dir, config=config, partitioner=partitioner,
@@ -245,7 +375,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                 eval_period=eval_period, use_cached=use_cached)
     writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief, purge_step=start_step + 1)
     progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
-                           enabled=is_chief)
+                           enabled=is_chief, log=log)
+    best = BestMetric(eval_mixture_or_task_name or mixture_or_task_name)
+    state_ready = seconds_since_start()
+    loop_start = time.perf_counter()
+    examples_seen = 0
     window: list[dict[str, float]] = []
     summary: dict[str, float] = {}
     pending = None  # The last step's metrics, fetched after the next step is dispatched.
@@ -257,12 +391,19 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           window.append(_fetch_finite(*pending, manager=manager))
         pending = (step, metrics)
         examples, tokens = input_pipeline.batch_counts(local)
+        examples_seen += examples * layout.num_shards
         progress.update(step, examples * layout.num_shards, tokens * layout.num_shards)
-        if step == start_step + 1 and is_chief:
-          gin_config.write_config_files(model_dir, operative=True)
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)
+          compiled = getattr(train_step, "compile_seconds", None)
+          log(f"first step done {seconds_since_start():.1f} s after start (state ready at "
+              f"{state_ready:.1f} s" + (f"; train step compiled in {compiled:.1f} s"
+                                        if compiled is not None else "") + ")")
+          if is_chief:
+            gin_config.write_config_files(model_dir, operative=True)
         stats_due = step % stats_period == 0 or step == train_steps
         checkpoint_due = step % checkpoint_period == 0 or step == train_steps
-        eval_due = bool(eval_period) and step % eval_period == 0
+        eval_due = bool(eval_period) and (step % eval_period == 0 or step == train_steps)
         if not (stats_due or checkpoint_due or eval_due):
           continue
         window.append(_fetch_finite(*pending, manager=manager))
@@ -273,10 +414,22 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           writer.write(step, "train", "", summary)
           window = []
         if eval_due:  # before the checkpoint: a run killed while evaluating redoes the step
-          _evaluate(evaluator, state.params, step=step, writer=writer)
+          results = _evaluate(evaluator, state.params, step=step, writer=writer)
+          for line in format_eval(step, results, mixture=best.name):
+            log(line)
+          best.update(step, results)
         if checkpoint_due:
           manager.save(step, state, meta=dict(
               meta, data_position=data_position + step - start_step))
+          log(f"saved {model_dir}/{checkpoints.STEP_PREFIX}_{step}")
+      manager.wait()
+      wall = time.perf_counter() - loop_start
+      steps_run = train_steps - start_step
+      done = (f"done: steps {start_step} -> {train_steps} in {_clock(wall)} "
+              f"({steps_run / max(wall, 1e-9):.2f} steps/s, "
+              f"{examples_seen / max(wall, 1e-9):.1f} examples/s)")
+      described = best.describe(manager.all_steps())
+      log(done + (f"; {described}" if described else "") + f"; log {log.path}")
     finally:
       progress.close()
       if evaluator is not None:
@@ -334,11 +487,13 @@ def _make_evaluator(*, model_dir: Path, config: T5Config, partitioner: Any,
 
 
 def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.MetricsWriter
-              ) -> None:
+              ) -> dict[str, dict[str, float]]:
   if evaluator is None:
-    return
-  for task_name, values in evaluator.evaluate(params, step=step).items():
+    return {}
+  results = evaluator.evaluate(params, step=step)
+  for task_name, values in results.items():
     writer.write(step, "validation", task_name, values)
+  return results
 
 
 # ------------------------------------------------------------------------------------------
