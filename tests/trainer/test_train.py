@@ -239,6 +239,45 @@ def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
   assert "truncated" in err  # every input is longer than 64 toy-vocabulary pieces
 
 
+def test_console_and_train_log_say_how_the_run_went(toy_task, overfit_run):
+  import re
+  model_dir, out, _ = overfit_run
+  lines = out.splitlines()
+  assert lines[0].startswith(f"recast train: {model_dir} ({toy_task}; ")
+  assert "batch 64, steps to 150" in lines[0]
+  first = [l for l in lines if l.startswith("first step done")]
+  assert len(first) == 1 and re.fullmatch(
+      r"first step done [0-9.]+ s after start \(state ready at [0-9.]+ s; train step "
+      r"compiled in [0-9.]+ s\)", first[0])
+  assert lines.index(first[0]) < lines.index(next(l for l in lines if l.startswith("step 50/")))
+  evals = [l for l in lines if l.startswith("eval step")]
+  assert evals == [l for l in evals if l.startswith(f"eval step 150 {toy_task}: ")]
+  assert len(evals) == 1 and "accuracy 100" in evals[0] and "token_accuracy 1" in evals[0]
+  assert f"saved {model_dir}/checkpoint_150" in lines
+  done = lines[-1]
+  assert done.startswith("done: steps 0 -> 150 in ")
+  assert f"best {toy_task}/accuracy 100 at step 150 (checkpoint_150)" in done
+  logged = (model_dir / "train.log").read_text().splitlines()
+  stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+  logged = [re.sub(stamp, "", l, count=1) for l in logged if re.match(stamp, l)]
+  assert logged[0].startswith("warning: ") and "truncated" in logged[0]  # stderr's, logged too
+  assert logged[1:] == [l for l in lines if not l.startswith("WARNING")]
+
+
+def test_a_run_shorter_than_eval_period_is_evaluated_at_its_end(toy_task, tmp_path):
+  import contextlib
+  import io
+  from recast import cli, metrics_writer
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    assert cli.main(toy_run_flags(tmp_path / "run", steps=2, extra=[
+        "--gin.EVAL_PERIOD=200", "--gin.Evaluator.num_examples=8"])) == 0
+  steps = {r["step"] for r in metrics_writer.read_metrics(tmp_path / "run")
+           if r["split"] == "validation"}
+  assert steps == {2}
+  assert "eval step 2 " in out.getvalue()
+
+
 def _snapshot(folder):
   return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
           for p in Path(folder).rglob("*")}
