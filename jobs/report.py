@@ -43,6 +43,7 @@ from recast.trainer import benchmark_scores
 TEACHER_FORCED = ("loss", "token_accuracy")
 LOWER_IS_BETTER = ("loss",)
 AVERAGE = "average"
+MAJORITY_ROW = "majority class"  # the baseline row of every table
 EVAL_SPLIT = "validation"
 # Rows the Evaluator writes under a mixture's name (recomputed here, so left out).
 AGGREGATE_METRICS = (AVERAGE, *benchmark_scores.BENCHMARKS)
@@ -65,13 +66,19 @@ class Table:
   columns: list[str]
   rows: dict[str, dict[str, Optional[float]]]
   steps: dict[str, dict[str, Optional[int]]]
+  # The majority-class baseline by column (written by training runs), shown as a last row.
+  baseline: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  def _all_rows(self) -> list[tuple[str, Mapping[str, Optional[float]]]]:
+    extra = [(MAJORITY_ROW, self.baseline)] if self.baseline else []
+    return list(self.rows.items()) + extra
 
   def to_csv(self) -> str:
     """`run,<columns>` then one line per run; empty cells for missing values."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run", *self.columns])
-    for run, values in self.rows.items():
+    for run, values in self._all_rows():
       writer.writerow([run, *("" if values.get(c) is None else repr(float(values[c]))
                               for c in self.columns)])
     return out.getvalue()
@@ -80,7 +87,7 @@ class Table:
     """A GitHub markdown table; `with_steps` adds "(@step)" to each cell."""
     lines = ["| run | " + " | ".join(self.columns) + " |",
              "|---|" + "---:|" * len(self.columns)]
-    for run, values in self.rows.items():
+    for run, values in self._all_rows():
       cells = []
       for column in self.columns:
         value, step = values.get(column), self.steps.get(run, {}).get(column)
@@ -119,12 +126,33 @@ def _best(values: Sequence[tuple[int, float]], metric: str) -> tuple[int, float]
 
 
 def _averages(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-  """`average` and the benchmark scores of {task: {metric: value}}."""
+  """`average` (each task's mean metric, averaged over tasks: T5's GLUE-style average,
+  which mixes metrics), `average/<metric>` for each metric two or more tasks report (one
+  kind of number averaged), and the benchmark scores of {task: {metric: value}}."""
   scored = [np.mean([v for m, v in metrics.items() if m not in TEACHER_FORCED])
             for metrics in per_task.values()
             if any(m not in TEACHER_FORCED for m in metrics)]
   out = {AVERAGE: float(np.mean(scored))} if scored else {}
+  by_metric = collections.defaultdict(list)
+  for metrics in per_task.values():
+    for metric, value in metrics.items():
+      if metric not in TEACHER_FORCED:
+        by_metric[metric].append(value)
+  if len(scored) > 1:
+    out.update({f"{AVERAGE}/{m}": float(np.mean(v)) for m, v in sorted(by_metric.items())
+                if len(v) > 1})
   out.update(benchmark_scores.benchmark_scores(per_task))
+  return out
+
+
+def baseline_values(runs: Mapping[str, Iterable[Mapping]]) -> dict[str, float]:
+  """"task/metric" -> the majority-class baseline the runs recorded (the first found)."""
+  out: dict[str, float] = {}
+  for rows in runs.values():
+    for row in rows:
+      if (row.get("split") == metrics_writer.BASELINE_SPLIT and row.get("task")
+          and row.get("value") is not None):
+        out.setdefault(f"{row['task']}/{row['metric']}", float(row["value"]))
   return out
 
 
@@ -179,8 +207,22 @@ def build_tables(runs: Mapping[str, Iterable[Mapping]], *, split: str = EVAL_SPL
       tables[kind].rows[run] = row
       tables[kind].steps[run] = steps
   order = [AVERAGE, *benchmark_scores.BENCHMARKS]
+  rank = lambda name: (order.index(name) if name in order else 0.5, name)  # average/<m> 2nd
+  baseline = baseline_values(runs)
+  if baseline:
+    per_task = collections.defaultdict(dict)
+    for column, value in baseline.items():
+      if column in columns:
+        task, metric = column.rsplit("/", 1)
+        per_task[task][metric] = value
+    baseline = {c: v for c, v in baseline.items() if c in columns}
+    scored_tasks = {c.rsplit("/", 1)[0] for c in columns
+                    if c.rsplit("/", 1)[1] not in TEACHER_FORCED}
+    if scored_tasks <= set(per_task):  # averages only where every task has its baseline
+      baseline.update({k: v for k, v in _averages(per_task).items() if k in extra})
   for table in tables.values():
-    table.columns += sorted(extra, key=order.index)
+    table.columns += sorted(extra, key=rank)
+    table.baseline = dict(baseline)
   return tables
 
 
@@ -284,7 +326,8 @@ def _safe_name(task: str) -> str:
 def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLike, *,
                 split: str = EVAL_SPLIT) -> list[Path]:
   """plots/train_loss.png (one line per run) and plots/eval_<task>.png (one panel per
-  metric, one line per run); returns the files written."""
+  metric, one line per run, the majority-class baseline dashed); returns the files
+  written."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -307,6 +350,7 @@ def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLik
     plt.close(figure)
     written.append(plots / "train_loss.png")
   series = {name: eval_series(rows, split=split) for name, rows in runs.items()}
+  baseline = baseline_values(runs)
   tasks = sorted({task for s in series.values() for task, _ in s})
   for task in tasks:
     metrics = sorted({m for s in series.values() for t, m in s if t == task})
@@ -316,6 +360,9 @@ def write_plots(runs: Mapping[str, Iterable[Mapping]], out_dir: str | os.PathLik
       for name, s in series.items():
         if (task, metric) in s:
           axis.plot(*zip(*s[(task, metric)]), marker="o", label=name)
+      if f"{task}/{metric}" in baseline:
+        axis.axhline(baseline[f"{task}/{metric}"], color="gray", linestyle="--",
+                     linewidth=1, label=MAJORITY_ROW)
       axis.set(xlabel="step", ylabel=metric, title=f"{task} {metric} ({split})")
       axis.legend(fontsize="small")
     figure.tight_layout()
@@ -338,6 +385,16 @@ def markdown_report(tables: Mapping[str, Table], *, runs: Mapping[str, Path],
   lines += ["", "## Final (last evaluation)", "", tables["final"].to_markdown(),
             "## Best (over evaluations; @step)", "",
             tables["best"].to_markdown(with_steps=True)]
+  notes = []
+  if any(c == AVERAGE for c in tables["final"].columns):
+    notes.append(f"`{AVERAGE}`: each task's mean metric, averaged over tasks (T5's GLUE-style "
+                 f"average; it mixes metrics). `{AVERAGE}/<metric>`: one metric averaged over "
+                 "the tasks that report it.")
+  if tables["final"].baseline:
+    notes.append(f"`{MAJORITY_ROW}`: every validation example predicted as the split's most "
+                 "common label, scored with the task's metrics (label tasks only).")
+  if notes:
+    lines += ["", *notes, ""]
   if plots:
     lines += ["## Plots", ""]
     for path in plots:

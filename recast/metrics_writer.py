@@ -15,6 +15,8 @@ from typing import Mapping, Optional
 from recast import atomic_files
 
 METRICS_FILE = "metrics.jsonl"
+# Rows of a majority-class baseline (trainer.evaluation.Evaluator.majority_baseline), step 0.
+BASELINE_SPLIT = "baseline"
 
 
 class MetricsWriter:

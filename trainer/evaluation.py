@@ -18,6 +18,7 @@ Predictions go to MODEL_DIR/inference_eval/<task>-<step>.jsonl, one row per exam
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import math
 import os
@@ -98,6 +99,9 @@ def to_json_value(value: Any) -> Any:
   if isinstance(value, dict):
     return {str(k): to_json_value(v) for k, v in value.items()}
   return value
+
+
+MAJORITY_MAX_LABELS = 20
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -211,6 +215,7 @@ class Evaluator:
     self._predict = partitioned(decoding.make_predict_fn(self.model, self.decoding_options),
                                 self.partitioner)
     self._score = partitioned(decoding.make_score_fn(self.model), self.partitioner)
+    self.baseline_written = False  # set by a caller that wrote majority_baseline()
 
   def teacher_forced_metrics(self, params: Any, task_name: str) -> dict[str, float]:
     """{"loss": nats per target token, "token_accuracy": 0-1} over the task's split."""
@@ -273,6 +278,44 @@ class Evaluator:
       averages["average"] = float(np.mean(task_means))
     averages.update(benchmark_scores.benchmark_scores(inference))  # GLUE/SuperGLUE score
     return averages
+
+  def majority_baseline(self, *, max_labels: int = MAJORITY_MAX_LABELS
+                        ) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}}: the task's own metrics when every example is predicted as
+    its split's most common target, for tasks whose targets come from a small label set
+    (at most `max_labels` distinct values, each seen at least twice on average); others
+    are left out. The majority is taken on the evaluation split itself, as "majority
+    class" baselines are usually quoted."""
+    out = {}
+    for task in self.tasks:
+      dataset = self._seqio.cached_task_datasets.get(task.name)
+      if dataset is None or not task.predict_metric_fns:
+        continue
+      targets = []
+      for ex in dataset.as_numpy_iterator():
+        text = ex.get("targets_pretokenized")
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        if text is None:
+          break
+        targets.append(task.postprocess_fn(text, example=ex, is_target=True))
+      try:
+        counts = collections.Counter(targets)
+      except TypeError:  # unhashable targets (dicts, lists): not a label set
+        continue
+      if not counts or len(counts) > max_labels or len(counts) * 2 > len(targets):
+        continue
+      majority = counts.most_common(1)[0][0]
+      values = {}
+      for metric_fn in task.predict_metric_fns:
+        try:
+          result = metric_fn(targets, [majority] * len(targets))
+        except Exception:  # noqa: BLE001  (a metric that needs more than labels)
+          continue
+        values.update({k: v for k, v in ((k, _scalar(v)) for k, v in result.items())
+                       if v is not None})
+      if values:
+        out[task.name] = values
+    return out
 
   def close(self) -> None:
     self._seqio.close()

@@ -373,6 +373,10 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                                                       or mixture_or_task_name),
                                 task_feature_lengths=task_feature_lengths,
                                 eval_period=eval_period, use_cached=use_cached)
+    if evaluator is not None and resume_step is not None:  # written before the restart?
+      evaluator.baseline_written = any(
+          r.get("split") == metrics_writer.BASELINE_SPLIT
+          for r in metrics_writer.read_metrics(model_dir))
     writer = metrics_writer.MetricsWriter(model_dir, enabled=is_chief, purge_step=start_step + 1)
     progress = ProgressLog(start_step=start_step, train_steps=train_steps, period=stats_period,
                            enabled=is_chief, log=log)
@@ -490,6 +494,10 @@ def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.Metri
               ) -> dict[str, dict[str, float]]:
   if evaluator is None:
     return {}
+  if not evaluator.baseline_written:  # once per process: rows at step 0 are kept on resume
+    for task_name, values in evaluator.majority_baseline().items():
+      writer.write(0, metrics_writer.BASELINE_SPLIT, task_name, values)
+    evaluator.baseline_written = True
   results = evaluator.evaluate(params, step=step)
   for task_name, values in results.items():
     writer.write(step, "validation", task_name, values)

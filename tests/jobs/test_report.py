@@ -76,9 +76,10 @@ def test_final_and_best_tables_with_averages(tmp_path):
   tables = report.build_tables(report.read_runs([a, b]))
   final, best = tables["final"], tables["best"]
   assert final.columns == ["glue_mrpc/accuracy", "glue_mrpc/f1", "glue_rte/accuracy",
-                           "wikipedia_en_span_corruption/loss", "average"]
+                           "wikipedia_en_span_corruption/loss", "average", "average/accuracy"]
   assert final.rows["a"] == {"glue_mrpc/accuracy": 72.0, "glue_mrpc/f1": 82.0,
-                             "glue_rte/accuracy": 55.0, "average": (77.0 + 55.0) / 2}
+                             "glue_rte/accuracy": 55.0, "average": (77.0 + 55.0) / 2,
+                             "average/accuracy": (72.0 + 55.0) / 2}  # accuracy alone
   assert best.rows["a"]["glue_rte/accuracy"] == 60.0
   assert best.steps["a"]["glue_rte/accuracy"] == 100
   assert best.rows["a"]["average"] == pytest.approx((60.0 + 77.0) / 2)
@@ -86,6 +87,7 @@ def test_final_and_best_tables_with_averages(tmp_path):
   assert final.rows["b"]["wikipedia_en_span_corruption/loss"] == 3.5
   assert best.rows["b"]["wikipedia_en_span_corruption/loss"] == 3.0
   assert final.rows["b"]["average"] == 65.0
+  assert "average/accuracy" not in final.rows["b"]  # one scored task: nothing to average
   assert "glue_mrpc/f1" not in final.rows["b"]
 
   out = tmp_path / "report"
@@ -97,7 +99,8 @@ def test_final_and_best_tables_with_averages(tmp_path):
   with open(out / "best.csv") as f:
     assert float(list(csv.DictReader(f))[1]["glue_rte/accuracy"]) == 65.0
   markdown = (out / "report.md").read_text()
-  assert "| a | 72 | 82 | 55 | - | 66 |" in markdown
+  assert "| a | 72 | 82 | 55 | - | 66 | 63.5 |" in markdown
+  assert "it mixes metrics" in markdown and "majority class" not in markdown
   assert "60 (@100)" in markdown
   for name in ("train_loss", "eval_glue_rte", "eval_glue_mrpc",
                "eval_wikipedia_en_span_corruption"):
@@ -112,7 +115,8 @@ def test_glue_score_column_final_and_best(tmp_path):
   worse = {task: {m: v - 10 for m, v in values.items()} for task, values in GLUE_FINAL.items()}
   _write(run, [(100, GLUE_FINAL), (200, worse)])
   tables = report.build_tables(report.read_runs([run]))
-  assert tables["final"].columns[-2:] == ["average", "glue_score"]
+  assert tables["final"].columns[-4:] == ["average", "average/accuracy", "average/f1",
+                                          "glue_score"]
   assert tables["final"].rows["glue_run"]["glue_score"] == pytest.approx(GLUE_SCORE - 10)
   assert tables["best"].rows["glue_run"]["glue_score"] == pytest.approx(GLUE_SCORE)
 
@@ -128,3 +132,29 @@ def test_run_names_are_unique_and_errors_name_the_folder(tmp_path, capsys):
   _write(x, [], train_losses=[(10, 1.0)])
   assert cli.main(["report", str(x), "--out", str(tmp_path / "r")]) != 0
   assert "EVAL_PERIOD" in capsys.readouterr().err
+
+
+def test_majority_class_baseline_row_and_averages(tmp_path):
+  run = tmp_path / "run"
+  _write(run, [(100, {"glue_rte": {"accuracy": 60.0}, "glue_cola": {"mcc": 10.0}}),
+               (200, {"glue_rte": {"accuracy": 64.0}, "glue_cola": {"mcc": 20.0}})])
+  writer = metrics_writer.MetricsWriter(run, tensorboard=False)
+  writer.write(0, metrics_writer.BASELINE_SPLIT, "glue_rte", {"accuracy": 52.7})
+  writer.write(0, metrics_writer.BASELINE_SPLIT, "glue_cola", {"mcc": 0.0})
+  writer.write(0, metrics_writer.BASELINE_SPLIT, "glue_sst2", {"accuracy": 50.9})  # not run
+  tables = report.build_tables(report.read_runs([run]))
+  final = tables["final"]
+  assert final.rows["run"] == {"glue_cola/mcc": 20.0, "glue_rte/accuracy": 64.0,
+                               "average": 42.0}
+  assert final.baseline == {"glue_cola/mcc": 0.0, "glue_rte/accuracy": 52.7,
+                            "average": pytest.approx(26.35)}
+  assert list(final.rows) == ["run"]  # the baseline is no run
+  out = tmp_path / "report"
+  assert cli.main(["report", str(run), "--out", str(out)]) == 0
+  with open(out / "final.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["run"] for r in rows] == ["run", "majority class"]
+  assert float(rows[1]["glue_rte/accuracy"]) == 52.7 and float(rows[1]["average"]) == 26.35
+  markdown = (out / "report.md").read_text()
+  assert "| majority class | 0 | 52.7 | 26.35 |" in markdown
+  assert "most common label" in markdown

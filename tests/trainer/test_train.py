@@ -239,6 +239,19 @@ def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
   assert "truncated" in err  # every input is longer than 64 toy-vocabulary pieces
 
 
+def test_majority_class_baseline_is_recorded_once(toy_task, overfit_run, shared_data):
+  import collections
+  from recast import metrics_writer
+  model_dir, _, _ = overfit_run
+  with open(Path(shared_data) / "glue/rte/train.jsonl") as f:
+    labels = [json.loads(line)["label"] for _, line in zip(range(64), f)]
+  majority = collections.Counter(labels).most_common(1)[0][1] / 64 * 100
+  rows = [r for r in metrics_writer.read_metrics(model_dir)
+          if r["split"] == metrics_writer.BASELINE_SPLIT]
+  assert [(r["step"], r["task"], r["metric"]) for r in rows] == [(0, toy_task, "accuracy")]
+  assert rows[0]["value"] == pytest.approx(majority) and 50 <= majority < 100
+
+
 def test_console_and_train_log_say_how_the_run_went(toy_task, overfit_run):
   import re
   model_dir, out, _ = overfit_run
