@@ -44,6 +44,7 @@ TEACHER_FORCED = ("loss", "token_accuracy")
 LOWER_IS_BETTER = ("loss",)
 AVERAGE = "average"
 MAJORITY_ROW = "majority class"  # the baseline row of every table
+RANK_PREFIX = "rank_"  # rank-classification metrics (trainer.evaluation), not in `average`
 EVAL_SPLIT = "validation"
 # Rows the Evaluator writes under a mixture's name (recomputed here, so left out).
 AGGREGATE_METRICS = (AVERAGE, *benchmark_scores.BENCHMARKS)
@@ -129,18 +130,17 @@ def _averages(per_task: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
   """`average` (each task's mean metric, averaged over tasks: T5's GLUE-style average,
   which mixes metrics), `average/<metric>` for each metric two or more tasks report (one
   kind of number averaged), and the benchmark scores of {task: {metric: value}}."""
-  scored = [np.mean([v for m, v in metrics.items() if m not in TEACHER_FORCED])
-            for metrics in per_task.values()
-            if any(m not in TEACHER_FORCED for m in metrics)]
+  decoded = lambda m: m not in TEACHER_FORCED and not m.startswith(RANK_PREFIX)
+  scored = [np.mean([v for m, v in metrics.items() if decoded(m)])
+            for metrics in per_task.values() if any(decoded(m) for m in metrics)]
   out = {AVERAGE: float(np.mean(scored))} if scored else {}
   by_metric = collections.defaultdict(list)
   for metrics in per_task.values():
     for metric, value in metrics.items():
       if metric not in TEACHER_FORCED:
         by_metric[metric].append(value)
-  if len(scored) > 1:
-    out.update({f"{AVERAGE}/{m}": float(np.mean(v)) for m, v in sorted(by_metric.items())
-                if len(v) > 1})
+  out.update({f"{AVERAGE}/{m}": float(np.mean(v)) for m, v in sorted(by_metric.items())
+              if len(v) > 1})
   out.update(benchmark_scores.benchmark_scores(per_task))
   return out
 

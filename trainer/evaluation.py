@@ -22,6 +22,7 @@ import collections
 import contextlib
 import math
 import os
+import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -33,7 +34,7 @@ import tensorflow as tf
 
 from recast import atomic_files, errors, gin_config, metrics_writer
 from recast.mixtures import lookup
-from recast.tasks import vocabularies
+from recast.tasks import registry, vocabularies
 from recast.trainer import (benchmark_scores, checkpoints, decoding, network, partitioning,
                             train_state)
 from recast.trainer.network import T5Config
@@ -102,6 +103,47 @@ def to_json_value(value: Any) -> Any:
 
 
 MAJORITY_MAX_LABELS = 20
+RANK_PREFIX = "rank_"  # rank-classification metrics: rank_accuracy, rank_f1, ...
+
+
+def label_candidates(task: seqio.Task) -> Optional[list[str]]:
+  """The target strings of a task whose targets come from a label set (a registered text
+  task with label names whose target template is the label alone, with any fixed text
+  around it: GLUE, SuperGLUE's label tasks, DSPT, recycling, task files with `labels:`);
+  None for other tasks (free text, regression, per-example choices)."""
+  try:
+    spec = registry.task_spec(task.name)
+  except errors.UserError:
+    return None
+  if not spec.is_classification or spec.postprocessor_name != "class_label":
+    return None
+  parsed = list(string.Formatter().parse(spec.targets_template))
+  fields = [field for _, field, _, _ in parsed if field]
+  if fields != [spec.label_field]:
+    return None
+  return ["".join(literal + (name if field else "") for literal, field, _, _ in parsed)
+          for name in spec.label_names]
+
+
+def _scoring_batch(inputs: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                   lengths: Mapping[str, int], batch_size: int) -> dict[str, np.ndarray]:
+  """Unpacked EncDecFeatureConverter features of (inputs, targets) pairs, zero-padded to
+  `lengths` and to `batch_size` rows."""
+  encoder = np.zeros((batch_size, lengths["inputs"]), np.int32)
+  decoder_targets = np.zeros((batch_size, lengths["targets"]), np.int32)
+  for row, (x, y) in enumerate(zip(inputs, targets)):
+    x, y = x[:lengths["inputs"]], y[:lengths["targets"]]
+    encoder[row, :len(x)] = x
+    decoder_targets[row, :len(y)] = y
+  decoder_inputs = np.zeros_like(decoder_targets)
+  decoder_inputs[:, 1:] = decoder_targets[:, :-1]
+  return {"encoder_input_tokens": encoder, "decoder_input_tokens": decoder_inputs,
+          "decoder_target_tokens": decoder_targets,
+          "decoder_loss_weights": (decoder_targets > 0).astype(np.int32)}
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _scalar(value: Any) -> Optional[float]:
@@ -164,6 +206,10 @@ class Evaluator:
     decoding_options: greedy by default; beam search or sampling (trainer.decoding).
     partitioner: the mesh; default: data parallel over all devices.
     use_cached: read seqio's offline cache.
+    rank_classification: for tasks whose targets come from a label set (`label_candidates`),
+      also score every label string and take the most likely one, as T5X/T0/FLAN do;
+      the task's metrics on those predictions are reported as `rank_<metric>`.
+    rank_length_normalize: compare labels by log-likelihood per target token (else the sum).
   """
 
   def __init__(self, *, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
@@ -172,7 +218,8 @@ class Evaluator:
                model_dir: Optional[str | os.PathLike] = None,
                decoding_options: Optional[decoding.DecodingOptions] = None,
                partitioner: Optional[partitioning.Partitioner] = None,
-               use_cached: bool = False):
+               use_cached: bool = False, rank_classification: bool = True,
+               rank_length_normalize: bool = False):
     mixture = lookup.get_mixture_or_task(mixture_or_task_name)
     vocabulary = lookup.output_vocabulary(mixture)
     self.name = mixture.name
@@ -216,6 +263,11 @@ class Evaluator:
                                 self.partitioner)
     self._score = partitioned(decoding.make_score_fn(self.model), self.partitioner)
     self.baseline_written = False  # set by a caller that wrote majority_baseline()
+    self.lengths = lengths
+    self.rank_length_normalize = rank_length_normalize
+    self.rank_labels = {t.name: label_candidates(t) for t in self.tasks} \
+        if rank_classification else {}
+    self.rank_labels = {k: v for k, v in self.rank_labels.items() if v}
 
   def teacher_forced_metrics(self, params: Any, task_name: str) -> dict[str, float]:
     """{"loss": nats per target token, "token_accuracy": 0-1} over the task's split."""
@@ -249,6 +301,51 @@ class Evaluator:
       outputs += [(int(index[r]), float(scores[r])) for r in range(rows)]
     return outputs
 
+  def label_scores(self, params: Any, task_name: str) -> np.ndarray:
+    """[examples, labels]: each label string's log-likelihood for each example of the
+    task's split (per target token with rank_length_normalize); K labels cost K
+    teacher-forced passes, batched."""
+    task = next(t for t in self.tasks if t.name == task_name)
+    labels = self.rank_labels[task_name]
+    feature = task.output_features["targets"]
+    label_ids = []
+    for text in labels:
+      ids = list(feature.vocabulary.encode(text))
+      if feature.add_eos:
+        ids.append(1)
+      label_ids.append(np.array(ids[:self.lengths["targets"]], np.int32))
+    inputs = [ex["inputs"] for ex in self._seqio.cached_task_datasets[task_name]
+              .as_numpy_iterator()]
+    rows = [(i, k) for i in range(len(inputs)) for k in range(len(labels))]
+    scores = np.zeros(len(rows), np.float32)
+    for start in range(0, len(rows), self.batch_size):
+      chunk = rows[start:start + self.batch_size]
+      batch = _scoring_batch([inputs[i] for i, _ in chunk], [label_ids[k] for _, k in chunk],
+                             self.lengths, self.batch_size)
+      scores[start:start + len(chunk)] = self._score(params, batch)[:len(chunk)]
+    scores = scores.reshape(len(inputs), len(labels))
+    if self.rank_length_normalize:
+      scores = scores / np.array([len(ids) for ids in label_ids], np.float32)
+    return scores
+
+  def rank_classification_metrics(self, params: Any, task_name: str) -> dict[str, float]:
+    """The task's metrics, as `rank_<metric>`, on the most likely label of each example."""
+    task = next(t for t in self.tasks if t.name == task_name)
+    labels = self.rank_labels[task_name]
+    examples = list(self._seqio.cached_task_datasets[task_name].as_numpy_iterator())
+    chosen = self.label_scores(params, task_name).argmax(axis=1)
+    targets = [task.postprocess_fn(_text(ex["targets_pretokenized"]), example=ex,
+                                   is_target=True) for ex in examples]
+    predictions = [task.postprocess_fn(labels[k], example=ex, is_target=False)
+                   for k, ex in zip(chosen, examples)]
+    out = {}
+    for metric_fn in task.predict_metric_fns:
+      for name, value in metric_fn(targets, predictions).items():
+        value = _scalar(value)
+        if value is not None:
+          out[f"{RANK_PREFIX}{name}"] = value
+    return out
+
   def evaluate(self, params: Any, *, step: int) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} for every task, plus averages under the mixture's name.
 
@@ -266,6 +363,8 @@ class Evaluator:
       scalars = {k: _scalar(v) for k, v in values.items()}
       inference[task_name] = {k: v for k, v in scalars.items() if v is not None}
       results[task_name].update(inference[task_name])
+    for task_name in self.rank_labels:
+      results[task_name].update(self.rank_classification_metrics(params, task_name))
     if len(self.tasks) > 1:
       results[self.name] = self._averages(results, inference)
     return results
@@ -276,6 +375,10 @@ class Evaluator:
     task_means = [np.mean(list(v.values())) for v in inference.values() if v]
     if task_means:
       averages["average"] = float(np.mean(task_means))
+    ranked = [np.mean([v for k, v in results[t].items() if k.startswith(RANK_PREFIX)])
+              for t in self.rank_labels]
+    if ranked:
+      averages[f"{RANK_PREFIX}average"] = float(np.mean(ranked))
     averages.update(benchmark_scores.benchmark_scores(inference))  # GLUE/SuperGLUE score
     return averages
 
@@ -313,6 +416,8 @@ class Evaluator:
           continue
         values.update({k: v for k, v in ((k, _scalar(v)) for k, v in result.items())
                        if v is not None})
+      if task.name in self.rank_labels:  # the same baseline, beside the rank metrics
+        values.update({f"{RANK_PREFIX}{k}": v for k, v in list(values.items())})
       if values:
         out[task.name] = values
     return out
