@@ -107,6 +107,23 @@ def explicit(weights: Mapping[str, float], *, default: Optional[float] = None) -
   return Explicit(dict(weights), default)
 
 
+def describe_rate(rate) -> str:
+  """How a rate is computed, for `recast tasks show`: "min(e, 65536)", "equal", "2.0"."""
+  if isinstance(rate, ExamplesProportional):
+    shown = f"min(e, {rate.maximum})" if rate.maximum is not None else "e"
+    if rate.temperature != 1.0:
+      shown = f"{shown} ** (1/{rate.temperature:g})"
+    return f"examples-proportional {shown}" if rate.temperature == 1.0 else \
+        f"temperature {shown}"
+  if rate is equal:
+    return "equal"
+  if isinstance(rate, Explicit):
+    return "explicit"
+  if isinstance(rate, (int, float)):
+    return f"explicit {float(rate):g}"
+  return getattr(rate, "__name__", type(rate).__name__)
+
+
 def normalized_rates(mixture: seqio.Mixture) -> dict[str, float]:
   """Sampling probability of each leaf task of `mixture` (sub-mixtures flattened)."""
   rates = {task.name: mixture.get_rate(task) for task in mixture.tasks}

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from recast import errors, gin_config  # light: gin alone, no JAX or TensorFlow
+from recast import errors, gin_config, output_cache  # light: no JAX or TensorFlow
 
 # (module, one-line help, takes gin flags)
 SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
@@ -25,7 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "infer": ("recast.trainer.infer", "predict or score with a checkpoint", True),
     "tasks": ("recast.tasks.inspect", "list tasks and mixtures, show rendered examples", True),
     "vocab": ("recast.tasks.vocab_build", "build a SentencePiece vocabulary", True),
-    "convert": ("recast.trainer.convert", "convert checkpoints to and from Hugging Face T5", False),
+    "convert": ("recast.trainer.convert", "convert checkpoints to and from Hugging Face T5 and T5X",
+                False),
     "sweep": ("recast.jobs.sweep", "run a grid of runs with Ray", True),
     "fuse": ("recast.jobs.fusion", "ColD Fusion rounds; average checkpoints", True),
     "eval-base": ("recast.jobs.eval_base", "model-recycling evaluation of a base model", True),
@@ -33,6 +34,17 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "report": ("recast.jobs.report", "tables and plots from run folders", False),
     "demo": ("recast.jobs.demo", "the quickstart: a small multitask study, no downloads", False),
 }
+
+
+# `recast train ... --num_hosts=N` is one job over N hosts: its driver (Ray placement, the
+# workers' jax.distributed, restarts) runs instead of the trainer, which each worker runs.
+MULTIHOST_MODULE = "recast.jobs.multihost"
+
+
+def wants_multihost(command: Optional[str], argv: Sequence[str]) -> bool:
+  """Whether `argv` asks for a multi-host `recast train` (a --num_hosts flag)."""
+  return command == "train" and any(a == "--num_hosts" or a.startswith("--num_hosts=")
+                                    for a in argv)
 
 
 # What TF's CUDA stub prints from a library constructor when `import tensorflow` loads it on a
@@ -95,8 +107,10 @@ def _configure_runtime() -> None:
     sys.meta_path.insert(0, _QuietTensorFlowLoad())
 
 
-def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, object]:
-  """The parser; only the chosen subcommand's module is imported (keeps --help fast)."""
+def build_parser(command: Optional[str] = None, argv: Sequence[str] = ()
+                 ) -> tuple[argparse.ArgumentParser, object]:
+  """The parser; only the chosen subcommand's module is imported (keeps --help fast).
+  `argv` with --num_hosts makes `train` the multi-host driver's (`wants_multihost`)."""
   parser = argparse.ArgumentParser(
       prog="recast", description="Multi-task text-to-text training: SeqIO tasks, T5 in JAX, "
       "gin configs, Ray sweeps.")
@@ -106,6 +120,8 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
     p = sub.add_parser(name, help=help_text, description=help_text)
     if name != command:
       continue
+    if wants_multihost(name, argv):
+      module_name = MULTIHOST_MODULE
     try:
       module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -124,13 +140,24 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
 def main(argv: Optional[Sequence[str]] = None) -> int:
   _configure_runtime()
   argv = list(sys.argv[1:] if argv is None else argv)
+  return output_cache.run(argv, _run)  # --help and `tasks list` kept once run
+
+
+def _run(argv: list[str]) -> int:
   try:
     argv, bindings = gin_config.split_gin_bindings(argv)
+    argv, tasks_files = gin_config.split_tasks_files(argv)  # accepted anywhere, as --gin.X
   except gin_config.GinConfigError as e:
     print(f"recast: error: {e}", file=sys.stderr)
     return 2
   command = next((a for a in argv if not a.startswith("-")), None)
-  parser, module = build_parser(command if command in SUBCOMMANDS else None)
+  if command in SUBCOMMANDS and SUBCOMMANDS[command][2]:
+    try:  # a misspelt gin file is reported before the subcommand's module loads (fast)
+      gin_config.check_gin_files(argv)
+    except gin_config.GinConfigError as e:
+      print(f"recast {command}: error: {e}", file=sys.stderr)
+      return 2
+  parser, module = build_parser(command if command in SUBCOMMANDS else None, argv)
   args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
@@ -139,6 +166,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"recast {args.command}: not built yet", file=sys.stderr)
     return 2
   args.gin_bindings = bindings
+  if tasks_files and not hasattr(args, "tasks_file"):
+    parser.error(f"recast {args.command} takes no --tasks_file")
+  if hasattr(args, "tasks_file"):
+    args.tasks_file = list(args.tasks_file) + tasks_files
   if bindings and not SUBCOMMANDS[args.command][2]:
     parser.error(f"recast {args.command} takes no --gin.NAME=VALUE bindings")
   try:

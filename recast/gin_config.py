@@ -105,6 +105,29 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def split_tasks_files(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--tasks_file PATH` / `--tasks_file=PATH` from the other arguments, wherever
+  they stand (like `--gin.NAME=VALUE`: before or after a subcommand's own arguments).
+
+  >>> split_tasks_files(["tasks", "show", "x", "--tasks_file", "t.yaml"])
+  (['tasks', 'show', 'x'], ['t.yaml'])
+  """
+  rest, paths = [], []
+  args = iter(argv)
+  for arg in args:
+    if arg == "--tasks_file":
+      path = next(args, None)
+      if path is None or path.startswith("-"):
+        raise GinConfigError("--tasks_file needs the path of a YAML task file: "
+                             "--tasks_file tasks.yaml")
+      paths.append(path)
+    elif arg.startswith("--tasks_file="):
+      paths.append(arg.split("=", 1)[1])
+    else:
+      rest.append(arg)
+  return rest, paths
+
+
 def _quote_bare_string(value: str) -> str:
   """Quotes a value gin cannot read as a literal or reference (`/tmp/run` -> `'/tmp/run'`)."""
   text = value.strip()
@@ -236,6 +259,33 @@ def check_macro_bindings(bindings: Sequence[str], *, gin_files: Sequence[str],
         f"--gin.{binding}: gin macro {name} is neither defined nor used by {files}; " + (
             f"did you mean {' or '.join(close)}?" if close else
             f"known macros: {', '.join(candidates) or 'none'}"))
+
+
+def _flag_values(argv: Sequence[str], flag: str) -> list[str]:
+  """The values of a repeatable `--flag=V` / `--flag V` in a raw argv."""
+  values = []
+  for i, arg in enumerate(argv):
+    if arg.startswith(flag + "="):
+      values.append(arg.split("=", 1)[1])
+    elif arg == flag and i + 1 < len(argv):
+      values.append(argv[i + 1])
+  return values
+
+
+def check_gin_files(argv: Sequence[str]) -> None:
+  """GinConfigError for a `--gin_file` that does not exist, with the closest recast gin
+  files; run on the raw argv before a subcommand's (heavy) module is imported."""
+  extra = _flag_values(argv, "--gin_search_paths")
+  for name in _flag_values(argv, "--gin_file"):
+    if _find_gin_file(name, extra) is not None:
+      continue
+    known = sorted({str(f.relative_to(root)) for root in map(Path, search_paths(extra))
+                    if root.is_dir() for f in root.rglob("*.gin")})
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    raise GinConfigError(
+        f"gin file {name!r} not found; searched the working directory and "
+        f"{', '.join(search_paths(extra))}" + (f"; did you mean {' or '.join(close)}?"
+                                                  if close else ""))
 
 
 def _find_gin_file(name: str, extra_paths: Sequence[str]) -> Optional[str]:

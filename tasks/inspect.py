@@ -2,7 +2,9 @@
 
 `list` prints every task and mixture with its source and splits; `show NAME` prints
 rendered examples (input and target text, token ids, lengths) and, for a mixture, each
-member's mixing rate and sampling fraction (`-n 0`: the rates alone). `--json` gives the same
+member's mixing rate, how it is computed and its sampling fraction (`-n 0`: the rates alone,
+no data read; a rate whose example count is not known yet, e.g. no local files and no TFDS
+metadata, is "unknown until counted", and then no fraction is shown). `--json` gives the same
 as stable JSON for scripts (keys sorted; one object for `list`, one for `show`).
 """
 
@@ -70,12 +72,28 @@ def list_tasks() -> dict[str, Any]:
   return {"tasks": rows, "mixtures": mixtures, "derived_objectives": lookup.derived_objectives()}
 
 
-def mixture_rates(mixture: seqio.Mixture) -> dict[str, dict[str, float]]:
-  """{task: {"rate": its mixing rate, "fraction": its share of the samples}}; raises
-  MixingRateError (naming the task) when a rate cannot be computed."""
-  fractions = rates.normalized_rates(mixture)
-  return {t.name: {"rate": float(mixture.get_rate(t)), "fraction": fractions[t.name]}
-          for t in mixture.tasks}
+UNKNOWN_RATE = "unknown until counted"
+
+
+def mixture_rates(mixture: seqio.Mixture) -> dict[str, dict[str, Any]]:
+  """{task: {"rate": its mixing rate, "fraction": its share of the samples, "rule": how the
+  rate is computed}}. A rate that needs an example count nobody has yet (no local files, no
+  TFDS metadata) is None with "unknown": why; then every fraction is None too."""
+  shown: dict[str, dict[str, Any]] = {}
+  for task in mixture.tasks:
+    rule = mixture.rate_per_task_name.get(task.name)
+    row: dict[str, Any] = {"rule": rates.describe_rate(rule) if rule is not None else
+                           "through a sub-mixture"}
+    try:
+      row["rate"] = float(mixture.get_rate(task))
+    except errors.UserError as e:  # MixingRateError, or no data where DATA_DIR points
+      row.update(rate=None, unknown=str(e))
+    shown[task.name] = row
+  known = all(r["rate"] is not None for r in shown.values())
+  fractions = rates.normalized_rates(mixture) if known else {}
+  for name, row in shown.items():
+    row["fraction"] = fractions.get(name)
+  return shown
 
 
 def show_examples(name: str, *, split: Optional[str] = None, n: int = 3) -> dict[str, Any]:
@@ -171,9 +189,16 @@ def _print_list(listing: dict[str, Any]) -> None:
 def _print_show(shown: dict[str, Any]) -> None:
   print(f"{shown['name']} ({shown['split']}, {shown['source']})")
   if "rates" in shown:
-    print(f"\n{'TASK':<28}  {'RATE':>12}  FRACTION")
+    print(f"\n{'TASK':<28}  {'RATE':>12}  {'FRACTION':>9}  RULE")
     for task, r in shown["rates"].items():
-      print(f"{task:<28}  {r['rate']:>12.6g}  {r['fraction']:.4%}")
+      if r["rate"] is None:
+        print(f"{task:<28}  {UNKNOWN_RATE:>12}  {'':>9}  {r['rule']}")
+      else:
+        fraction = f"{r['fraction']:.4%}" if r["fraction"] is not None else "?"
+        print(f"{task:<28}  {r['rate']:>12.6g}  {fraction:>9}  {r['rule']}")
+    unknown = [r["unknown"] for r in shown["rates"].values() if r["rate"] is None]
+    if unknown:
+      print(f"\n{len(unknown)} rate(s) {UNKNOWN_RATE}, so no fractions yet; e.g. {unknown[0]}")
   for i, ex in enumerate(shown["examples"]):
     print(f"\n[{i}] {ex['task']}")
     for key in ("inputs", "targets"):

@@ -23,27 +23,58 @@ file, line and column, and no task of the file is registered. In Python,
 `register_task(name=..., files=..., inputs=..., targets=..., labels=...)` does the same
 for one task. Each task becomes a `specs.TextTaskSpec` with `files`, registered with
 `registry.register_text_task`, so it reads its data through `tasks.sources` like any task.
+
+A task file may also declare mixtures of its tasks, of built-in tasks (and derived
+`<task>_<objective>` tasks) and of mixtures registered before (or earlier in the file):
+
+    mixtures:
+      - name: trec_sst_stsb
+        tasks: [trec_coarse_local, sst_local, stsb_local]
+        rate: examples_proportional      # T5's r = min(e, K); the default
+        maximum: 65536                   # K, optional (also for temperature)
+      - name: trec_sst_t2
+        tasks: [trec_coarse_local, sst_local]
+        rate: temperature                # r = min(e, K) ** (1 / T)
+        temperature: 2
+      - name: trec_sst_equal
+        tasks: [trec_coarse_local, sst_local]
+        rate: equal
+      - name: trec_mostly
+        tasks: {trec_coarse_local: 3, sst_local: 1}   # explicit rates
+
+Counting rates (examples-proportional, temperature) use each member's train split, so a
+member mixture needs `equal` or explicit rates. Any key not listed here (at the top, in a
+task or in a mixture) is an error that names the allowed keys.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import seqio
 import yaml
 
+from recast.mixtures import rates as rates_lib
 from recast.tasks import metrics as metrics_lib
-from recast.tasks import sources
+from recast.tasks import pretraining, sources
 from recast.tasks import registry, specs as specs_lib
 from recast import errors
 
 _FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+_TOP_LEVEL_KEYS = {"tasks", "mixtures"}
 _ENTRY_KEYS = {"name", "files", "inputs", "targets", "labels", "regression", "metrics"}
+_MIXTURE_KEYS = {"name", "tasks", "rate", "maximum", "temperature"}
+# rate name -> the keys it takes besides name and tasks
+MIXTURE_RATES = {"examples_proportional": {"maximum"}, "temperature": {"maximum", "temperature"},
+                 "equal": set(), "explicit": set()}
+_NAME = re.compile(r"[a-z0-9_.]+")
 DEFAULT_REGRESSION_STEP = 0.1
 
 
@@ -235,11 +266,43 @@ def task_spec_for_files(*, name: str, files: Mapping[str, str | os.PathLike], in
   return dataclasses.replace(spec, num_examples=num_examples)
 
 
-def read_task_file(path: str | os.PathLike) -> list[specs_lib.TextTaskSpec]:
-  """Parses a YAML task file and checks every task and data file; registers nothing."""
-  path = Path(path)
+@dataclasses.dataclass(frozen=True)
+class MixtureSpec:
+  """One `mixtures:` entry, checked: members and how their mixing rates are computed.
+
+  `rate` is a key of MIXTURE_RATES; `weights` (explicit rates) is parallel to `members`.
+  """
+
+  name: str
+  members: tuple[str, ...]
+  rate: str = "examples_proportional"
+  maximum: Optional[int] = None
+  temperature: Optional[float] = None
+  weights: Optional[tuple[float, ...]] = None
+  path: str = ""  # the task file (absolute), for `recast tasks list`
+
+  def mixing_rates(self) -> list[tuple[str, Any]]:
+    """[(member, rate)] for `seqio.Mixture`: a number, or a strategy of mixtures.rates."""
+    if self.rate == "explicit":
+      return list(zip(self.members, self.weights))
+    rate = {"examples_proportional": lambda: rates_lib.examples_proportional(self.maximum),
+            "temperature": lambda: rates_lib.temperature_scaled(self.temperature,
+                                                                maximum=self.maximum),
+            "equal": lambda: rates_lib.equal}[self.rate]()
+    return [(member, rate) for member in self.members]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFile:
+  """A parsed and checked task file: its tasks and mixtures, in file order."""
+
+  tasks: tuple[specs_lib.TextTaskSpec, ...]
+  mixtures: tuple[MixtureSpec, ...]
+
+
+def _load_yaml(path: Path) -> Any:
   try:
-    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
   except OSError as e:
     raise TaskFileError(f"cannot read task file {path}: {e.strerror}") from None
   except UnicodeDecodeError:
@@ -248,37 +311,165 @@ def read_task_file(path: str | os.PathLike) -> list[specs_lib.TextTaskSpec]:
     mark = getattr(e, "problem_mark", None)
     at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     raise TaskFileError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
-  entries = document.get("tasks") if isinstance(document, dict) else None
-  if not isinstance(entries, list) or not entries:
-    raise TaskFileError(f"{path}: expected a top-level 'tasks:' list of task entries")
+
+
+def _check_keys(keys: Any, allowed: set[str], what: str) -> None:
+  unknown = set(map(str, keys)) - allowed
+  if unknown:
+    raise TaskFileError(f"{what} has unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                        f"{', '.join(sorted(allowed))}")
+
+
+def parse_task_file(path: str | os.PathLike) -> TaskFile:
+  """Parses a YAML task file and checks every task, data file and mixture; registers nothing.
+
+  The file is known by its absolute path, so one file named two ways is one file.
+  """
+  shown = Path(path)
+  absolute = Path(os.path.abspath(os.path.expanduser(str(path))))
+  document = _load_yaml(absolute)
+  if isinstance(document, dict):
+    _check_keys(document, _TOP_LEVEL_KEYS, f"{shown}: the file")
+  if not isinstance(document, dict) or not (document.get("tasks") or document.get("mixtures")):
+    raise TaskFileError(f"{shown}: expected a top-level 'tasks:' list of task entries "
+                        "(and/or a 'mixtures:' list)")
+  entries = document.get("tasks") or []
+  if not isinstance(entries, list):
+    raise TaskFileError(f"{shown}: 'tasks' must be a list of task entries")
   found, names = [], set()
   for i, entry in enumerate(entries):
     if not isinstance(entry, dict) or "name" not in entry:
-      raise TaskFileError(f"{path}: task entry {i + 1} is not a mapping with a 'name'")
-    unknown = set(entry) - _ENTRY_KEYS
-    if unknown:
-      raise TaskFileError(f"{path}: task '{entry['name']}' has unknown key(s) "
-                          f"{', '.join(sorted(unknown))}; allowed: "
-                          f"{', '.join(sorted(_ENTRY_KEYS))}")
+      raise TaskFileError(f"{shown}: task entry {i + 1} is not a mapping with a 'name'")
+    _check_keys(entry, _ENTRY_KEYS, f"{shown}: task '{entry['name']}'")
     missing = {"files", "inputs", "targets"} - set(entry)
     if missing:
-      raise TaskFileError(f"{path}: task '{entry['name']}' needs {', '.join(sorted(missing))}")
+      raise TaskFileError(f"{shown}: task '{entry['name']}' needs {', '.join(sorted(missing))}")
     if entry["name"] in names:
-      raise TaskFileError(f"{path}: task '{entry['name']}' appears twice")
+      raise TaskFileError(f"{shown}: task '{entry['name']}' appears twice")
+    if isinstance(entry.get("labels"), list) and any(isinstance(v, bool) or v is None
+                                                     for v in entry["labels"]):
+      raise TaskFileError(f"{shown}: task '{entry['name']}': YAML reads labels such as yes, "
+                          f"no, on, off, null as {entry['labels']}; quote them: "
+                          "labels: ['yes', 'no']")
     names.add(entry["name"])
-    found.append(task_spec_for_files(
+    spec = task_spec_for_files(
         name=entry["name"], files=entry["files"], inputs=entry["inputs"],
         targets=entry["targets"], labels=entry.get("labels"),
         regression=entry.get("regression", False), metrics=entry.get("metrics"),
-        base_dir=path.parent, where=f"{path}: "))
-  return found
+        base_dir=absolute.parent, where=f"{shown}: ")
+    found.append(dataclasses.replace(spec, description=f"from task file {absolute}"))
+  mixtures = document.get("mixtures") or []
+  if not isinstance(mixtures, list):
+    raise TaskFileError(f"{shown}: 'mixtures' must be a list of mixture entries")
+  parsed: list[MixtureSpec] = []
+  for i, entry in enumerate(mixtures):
+    parsed.append(_mixture_spec(entry, i, tasks={s.name: s for s in found},
+                                earlier={m.name for m in parsed}, where=f"{shown}: ",
+                                path=str(absolute)))
+  return TaskFile(tuple(found), tuple(parsed))
+
+
+def read_task_file(path: str | os.PathLike) -> list[specs_lib.TextTaskSpec]:
+  """The checked task specs of a YAML task file (mixtures checked too); registers nothing."""
+  return list(parse_task_file(path).tasks)
+
+
+def _mixture_spec(entry: Any, index: int, *, tasks: Mapping[str, specs_lib.TextTaskSpec],
+                  earlier: set[str], where: str, path: str) -> MixtureSpec:
+  """Checks one `mixtures:` entry against the file's tasks and what is registered."""
+  if not isinstance(entry, dict) or "name" not in entry:
+    raise TaskFileError(f"{where}mixture entry {index + 1} is not a mapping with a 'name'")
+  name = entry["name"]
+  what = f"{where}mixture '{name}'"
+  _check_keys(entry, _MIXTURE_KEYS, what)
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise TaskFileError(f"{what}: names are lower case letters, digits, '_' and '.'")
+  if name in tasks or name in earlier:
+    raise TaskFileError(f"{what}: the name is taken by a {'task' if name in tasks else 'mixture'}"
+                        " of this file")
+  members = entry.get("tasks")
+  weights = None
+  if isinstance(members, dict):
+    weights = tuple(members.values())
+    members = tuple(members)
+    bad = [w for w in weights if isinstance(w, bool) or not isinstance(w, (int, float))
+           or not w >= 0]
+    if bad or not any(w > 0 for w in weights):
+      raise TaskFileError(f"{what}: explicit rates must be non-negative numbers, at least one "
+                          f"positive; got {dict(zip(members, weights))}")
+    weights = tuple(float(w) for w in weights)
+  elif isinstance(members, list):
+    members = tuple(members)
+  else:
+    raise TaskFileError(f"{what}: 'tasks' must list its members ([task_a, task_b]) or map "
+                        "them to explicit rates ({task_a: 2, task_b: 1})")
+  if not members or not all(isinstance(m, str) for m in members) \
+      or len(set(members)) != len(members):
+    raise TaskFileError(f"{what}: 'tasks' must name one or more distinct tasks or mixtures")
+  rate = entry.get("rate", "explicit" if weights is not None else "examples_proportional")
+  if rate not in MIXTURE_RATES:
+    raise TaskFileError(f"{what}: unknown rate {rate!r}; use one of "
+                        f"{', '.join(MIXTURE_RATES)}")
+  if (rate == "explicit") != (weights is not None):
+    raise TaskFileError(f"{what}: " + (
+        "explicit rates are given as 'tasks: {task_a: 2, task_b: 1}'" if weights is None else
+        f"'tasks' gives explicit rates, so 'rate' must be left out (it says {rate!r})"))
+  extra = set(entry) - {"name", "tasks", "rate"} - MIXTURE_RATES[rate]
+  if extra:
+    raise TaskFileError(f"{what}: rate '{rate}' takes no {', '.join(sorted(extra))}" + (
+        f"; it takes {', '.join(sorted(MIXTURE_RATES[rate]))}" if MIXTURE_RATES[rate] else ""))
+  maximum, temperature = entry.get("maximum"), entry.get("temperature")
+  if maximum is not None and (isinstance(maximum, bool) or not isinstance(maximum, int)
+                              or maximum <= 0):
+    raise TaskFileError(f"{what}: 'maximum' (T5's K) must be a positive whole number of "
+                        f"examples, got {maximum!r}")
+  if rate == "temperature" and (isinstance(temperature, bool) or not isinstance(
+      temperature, (int, float)) or not temperature > 0):
+    raise TaskFileError(f"{what}: rate 'temperature' needs 'temperature: T', a positive "
+                        f"number (T5's best: 2); got {temperature!r}")
+  for member in members:
+    _check_member(member, rate, tasks=tasks, earlier=earlier, what=what)
+  return MixtureSpec(name=name, members=members, rate=rate, maximum=maximum,
+                     temperature=None if temperature is None else float(temperature),
+                     weights=weights, path=path)
+
+
+def _check_member(member: str, rate: str, *, tasks: Mapping[str, specs_lib.TextTaskSpec],
+                  earlier: set[str], what: str) -> None:
+  counting = rate in ("examples_proportional", "temperature")
+  is_mixture = member in earlier or member in seqio.MixtureRegistry.names()
+  if is_mixture and counting:
+    raise TaskFileError(f"{what}: member '{member}' is a mixture, which has no example count; "
+                        "give the mixture 'rate: equal' or explicit rates")
+  if member in tasks:
+    if counting and "train" not in tasks[member].files:
+      raise TaskFileError(f"{what}: task '{member}' has no train split to count for rate "
+                          f"'{rate}'; give it a train file, or give the mixture explicit rates")
+    return
+  if is_mixture or member in seqio.TaskRegistry.names():
+    return
+  derived = pretraining.parse_derived_task_name(member)
+  if derived and (derived[0] in tasks or derived[0] in registry.registered_specs()):
+    return
+  known = sorted(set(tasks) | earlier | set(seqio.TaskRegistry.names())
+                 | set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(member, known, n=3, cutoff=0.6)
+  raise TaskFileError(f"{what}: no task or mixture named '{member}'" + (
+      f"; did you mean {', '.join(close)}?" if close else
+      "; members are tasks of this file, earlier mixtures of it, or registered tasks and "
+      "mixtures (`recast tasks list`)"))
 
 
 # ------------------------------------------------------------------------ registering
 
+# Mixtures registered from task files, by name: registering the same file again is a no-op.
+_FILE_MIXTURES: dict[str, MixtureSpec] = {}
 
-def _register_all(found: Sequence[specs_lib.TextTaskSpec], where: str) -> list[str]:
-  """Registers checked specs all or nothing; an identical spec already registered is kept."""
+
+def _register_all(found: Sequence[specs_lib.TextTaskSpec], where: str,
+                  mixtures: Sequence[MixtureSpec] = ()) -> list[str]:
+  """Registers checked specs and mixtures all or nothing; identical ones already registered
+  are kept."""
   registered = registry.registered_specs()
   new = []
   for spec in found:
@@ -289,16 +480,35 @@ def _register_all(found: Sequence[specs_lib.TextTaskSpec], where: str) -> list[s
       raise TaskFileError(f"{where}task '{spec.name}' is already registered (a built-in task or "
                           "another task file); choose another name")
     new.append(spec)
-  done = []
+  new_mixtures = []
+  for mixture in mixtures:
+    if _FILE_MIXTURES.get(mixture.name) == mixture \
+        and mixture.name in seqio.MixtureRegistry.names():
+      continue
+    if mixture.name in seqio.MixtureRegistry.names() \
+        or mixture.name in seqio.TaskRegistry.names():
+      raise TaskFileError(f"{where}mixture '{mixture.name}' is already registered (a built-in "
+                          "task or mixture, or another task file); choose another name")
+    new_mixtures.append(mixture)
+  done, done_mixtures = [], []
   try:
     for spec in new:
       registry.register_text_task(spec)
       done.append(spec.name)
+    for mixture in new_mixtures:
+      for member, _ in mixture.mixing_rates():
+        pretraining.ensure_pretraining_task(member)  # `<task>_<objective>` on first use
+      seqio.MixtureRegistry.add(mixture.name, mixture.mixing_rates())
+      done_mixtures.append(mixture.name)
+      _FILE_MIXTURES[mixture.name] = mixture
   except BaseException:
+    for name in done_mixtures:
+      seqio.MixtureRegistry.remove(name)
+      _FILE_MIXTURES.pop(name, None)
     for name in done:
       registry.unregister_text_task(name)
     raise
-  return [spec.name for spec in found]
+  return [spec.name for spec in found] + [mixture.name for mixture in mixtures]
 
 
 def register_task(*, name: str, files: Mapping[str, str | os.PathLike], inputs: str,
@@ -321,9 +531,26 @@ def register_task(*, name: str, files: Mapping[str, str | os.PathLike], inputs: 
 
 
 def register_task_file(path: str | os.PathLike) -> list[str]:
-  """Checks every task of a YAML task file, then registers them all; returns their names.
+  """Checks every task and mixture of a YAML task file, then registers them all; returns
+  their names (tasks, then mixtures).
 
-  Nothing is registered when any task or data row is bad (TaskFileError names the file,
-  line and column). Registering the same file again is a no-op.
+  Nothing is registered when any task, data row or mixture is bad (TaskFileError names the
+  file, line and column). Registering the same file again, under any spelling of its path,
+  is a no-op.
   """
-  return _register_all(read_task_file(path), where=f"{path}: ")
+  parsed = parse_task_file(path)
+  return _register_all(parsed.tasks, where=f"{path}: ", mixtures=parsed.mixtures)
+
+
+def unregister_task_file(path: str | os.PathLike) -> None:
+  """Removes what `register_task_file(path)` registered (tests, long-lived processes)."""
+  document = _load_yaml(Path(os.path.abspath(os.path.expanduser(str(path))))) or {}
+  for entry in reversed(document.get("mixtures") or []):
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if name in _FILE_MIXTURES:
+      seqio.MixtureRegistry.remove(name)
+      del _FILE_MIXTURES[name]
+  for entry in document.get("tasks") or []:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if name in registry.registered_specs():
+      registry.unregister_text_task(name)

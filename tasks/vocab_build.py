@@ -4,7 +4,8 @@ T5's conventions: pad 0, eos 1, unk 2, no bos; the 100 extra ids (sentinels) are
 top by `seqio.SentencePieceVocabulary(extra_ids=100)`, not trained into the model. The text
 is the train split of the chosen tasks (their natural-text fields, see
 `TextTaskSpec.natural_text_fields`) and/or plain text files, one sentence or document
-per line. The model file is written atomically.
+per line. The model file is written atomically (`vocabularies.build_vocabulary` trains it;
+`--gin.VOCABULARY=auto` is the same without this step, from a run's own training text).
 
   recast vocab build --task glue_rte --task glue_mrpc --vocab_size 8000 --out rte.model \
       --gin.DATA_DIR=../shared/data
@@ -14,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-import sentencepiece as spm
-
-from recast import errors, gin_config
+from recast import gin_config
 from recast.tasks import registry, sources, vocabularies
 
 
-class VocabBuildError(errors.UserError):
-  """Bad input to `recast vocab build`."""
+VocabBuildError = vocabularies.VocabBuildError
+build_vocabulary = vocabularies.build_vocabulary  # the trainer, shared with VOCABULARY=auto
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,54 +73,6 @@ def file_text(paths: Sequence[str]) -> Iterator[str]:
 def label_names(task_names: Sequence[str]) -> list[str]:
   """The target strings of the classification tasks among `task_names`."""
   return [name for task in task_names for name in (registry.task_spec(task).label_names or ())]
-
-
-def build_vocabulary(lines: Iterable[str], *, vocab_size: int, out: str | os.PathLike,
-                     max_sentences: int = 1_000_000, character_coverage: float = 0.9995,
-                     required_text: Sequence[str] = ()) -> Path:
-  """Trains a unigram SentencePiece model on `lines` and writes it to `out` atomically.
-
-  `required_text` (e.g. label names such as "not_entailment") is added to the training
-  text, its characters are always kept whatever `character_coverage` says, and each string
-  must encode without unknown pieces (else VocabBuildError).
-  Returns the path; the model has `vocab_size` pieces with pad 0, eos 1, unk 2, no bos.
-  """
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-    corpus = Path(tmp) / "corpus.txt"
-    count = 0
-    with open(corpus, "w", encoding="utf-8") as f:
-      for line in required_text:
-        f.write(line + "\n")
-      for line in lines:
-        f.write(line.replace("\n", " ") + "\n")
-        count += 1
-    if count == 0:
-      raise VocabBuildError("no text to train on: give --task with a train split or "
-                            "--text_file with non-empty lines")
-    try:
-      spm.SentencePieceTrainer.train(
-          input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
-          model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-          character_coverage=character_coverage, input_sentence_size=max_sentences,
-          shuffle_input_sentence=True, hard_vocab_limit=True, minloglevel=2,
-          required_chars="".join(sorted(set("".join(required_text)))))
-    except RuntimeError as e:
-      raise VocabBuildError(f"SentencePiece could not build {vocab_size} pieces from "
-                            f"{count} lines: {e}. Use a smaller --vocab_size or more text")
-    _check_encodes(Path(tmp) / "spm.model", required_text)
-    os.replace(Path(tmp) / "spm.model", out)
-  return out
-
-
-def _check_encodes(model_file: Path, texts: Sequence[str]) -> None:
-  processor = spm.SentencePieceProcessor(model_file=str(model_file))
-  broken = [t for t in texts if processor.unk_id() in processor.encode(t)
-            or processor.decode(processor.encode(t)) != t]
-  if broken:
-    raise VocabBuildError(f"the vocabulary cannot spell {broken[:5]} (target strings); use "
-                          "a larger --vocab_size or more text")
 
 
 def main(args: argparse.Namespace) -> int:

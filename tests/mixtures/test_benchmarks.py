@@ -45,7 +45,9 @@ def test_glue_rates_from_real_split_sizes(shared_data, capsys):
     assert shown["rates"][task]["rate"] == count
     assert shown["rates"][task]["fraction"] == pytest.approx(count / total, rel=1e-12)
   assert shown["rates"]["glue_rte"]["fraction"] == pytest.approx(0.0026218, abs=1e-7)
-  assert shown["rates"]["glue_mnli_matched"] == {"rate": 0.0, "fraction": 0.0}
+  assert shown["rates"]["glue_mnli_matched"] == {"rate": 0.0, "fraction": 0.0,
+                                                 "rule": "explicit 0"}
+  assert shown["rates"]["glue_rte"]["rule"] == "examples-proportional e"
   # Examples come from the first tasks only: CoLA (local, real text), not MNLI (TFDS).
   assert len(shown["examples"]) == 1
   assert shown["examples"][0]["task"] == "glue_cola"
@@ -53,14 +55,17 @@ def test_glue_rates_from_real_split_sizes(shared_data, capsys):
 
 
 def test_rates_need_counts_never_a_silent_fallback(shared_data, capsys):
-  code = cli.main(["tasks", "show", "glue", "-n", "0", f"--gin.DATA_DIR='{shared_data}'"])
-  err = capsys.readouterr().err
-  assert code != 0 and "glue_mnli" in err and "TASK_DATA_DIRS" in err
+  """A rate without a count is shown as unknown (with why), and then no fraction is."""
+  shown = _show_json(capsys, "glue", "-n", "0", f"--gin.DATA_DIR='{shared_data}'")
+  mnli = shown["rates"]["glue_mnli"]
+  assert mnli["rate"] is None and "TASK_DATA_DIRS" in mnli["unknown"]
+  assert shown["rates"]["glue_rte"]["rate"] == GLUE_TRAIN["glue_rte"]
+  assert {r["fraction"] for r in shown["rates"].values()} == {None}
   # SuperGLUE's BoolQ has no local train split: its rate cannot be counted.
-  code = cli.main(["tasks", "show", "super_glue", "-n", "0",
-                   f"--gin.DATA_DIR='{shared_data}'"])
-  err = capsys.readouterr().err
-  assert code != 0 and "super_glue_boolq" in err and "no split 'train'" in err
+  shown = _show_json(capsys, "super_glue", "-n", "0", f"--gin.DATA_DIR='{shared_data}'")
+  assert "no split 'train'" in shown["rates"]["super_glue_boolq"]["unknown"]
+  code = cli.main(["tasks", "show", "super_glue", "-n", "0", f"--gin.DATA_DIR='{shared_data}'"])
+  assert code == 0 and "unknown until counted" in capsys.readouterr().out
 
 
 def test_named_mixtures_members_and_variants():

@@ -101,3 +101,39 @@ def test_show_derived_task_with_a_run_file_whose_lengths_are_required(tmp_path, 
   shown = json.loads(capsys.readouterr().out)
   assert shown["examples"][0]["inputs_length"] == 512
   assert shown["examples"][0]["targets_length"] == 114
+
+
+def test_show_mixture_rates_unknown_until_counted(tmp_path, capsys):
+  """A member without an example count (no data yet, as conll2012_ner of dspt14 offline) is
+  shown as unknown instead of failing; the counted members keep their rates."""
+  import seqio
+  import tensorflow as tf
+  from recast.tasks import task_files
+  uncounted = seqio.Task(
+      "inspect_uncounted", source=seqio.FunctionDataSource(
+          lambda split, shuffle_files: tf.data.Dataset.from_tensors({"inputs": "a",
+                                                                     "targets": "b"}),
+          splits=["train"]),
+      output_features=vocabularies.output_features())
+  seqio.TaskRegistry.add_provider("inspect_uncounted", uncounted)
+  (tmp_path / "rows.jsonl").write_text("".join(
+      json.dumps({"text": f"row {i}", "label": "a"}) + "\n" for i in range(7)))
+  (tmp_path / "tasks.yaml").write_text(
+      "tasks:\n  - {name: inspect_counted, files: {train: rows.jsonl}, inputs: '{text}', "
+      "targets: '{label}', labels: [a, b]}\nmixtures:\n  - name: inspect_mix\n"
+      "    tasks: [inspect_counted, inspect_uncounted]\n    maximum: 5\n")
+  try:
+    assert cli.main(["tasks", "show", "inspect_mix", "-n", "0", "--json",
+                     "--tasks_file", str(tmp_path / "tasks.yaml")]) == 0
+    rates = json.loads(capsys.readouterr().out)["rates"]
+    assert rates["inspect_counted"] == {"rate": 5.0, "fraction": None,
+                                        "rule": "examples-proportional min(e, 5)"}
+    assert rates["inspect_uncounted"]["rate"] is None
+    assert "has no example count for split 'train'" in rates["inspect_uncounted"]["unknown"]
+    assert cli.main(["tasks", "show", "inspect_mix", "-n", "0",
+                     "--tasks_file", str(tmp_path / "tasks.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "inspect_uncounted" in out and tasks_inspect.UNKNOWN_RATE in out
+  finally:
+    task_files.unregister_task_file(tmp_path / "tasks.yaml")
+    seqio.TaskRegistry.remove("inspect_uncounted")

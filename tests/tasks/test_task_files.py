@@ -210,3 +210,46 @@ def test_register_task_in_python_and_name_clashes(tmp_path, byte_vocab):
                                base_dir=tmp_path)
   finally:
     _cleanup("trec_python")
+
+
+def test_one_file_under_two_spellings_of_its_path_is_one_file(tmp_path, monkeypatch):
+  _write_trec(tmp_path)
+  path = _trec_file(tmp_path, ("trec_two_paths", "coarse"))
+  (tmp_path / "sub").mkdir()
+  monkeypatch.chdir(tmp_path / "sub")
+  try:
+    assert task_files.register_task_file(path) == ["trec_two_paths"]
+    assert task_files.register_task_file("../recast.tasks.yaml") == ["trec_two_paths"]
+    assert task_files.register_task_file(f"{tmp_path}/sub/.././recast.tasks.yaml") == \
+        ["trec_two_paths"]
+    from recast.tasks import registry
+    assert registry.task_spec("trec_two_paths").description == f"from task file {path}"
+  finally:
+    _cleanup("trec_two_paths")
+
+
+def test_unknown_keys_and_yaml_booleans_name_what_is_allowed(tmp_path):
+  _write_trec(tmp_path)
+  with pytest.raises(TaskFileError, match=r"the file has unknown key\(s\) task; allowed: "
+                     r"mixtures, tasks"):
+    task_files.read_task_file(_task_file(tmp_path, "task:\n  - name: x\n", name="top.yaml"))
+  with pytest.raises(TaskFileError, match=r"task 'x_task' has unknown key\(s\) label; "
+                     "allowed: files, inputs, labels, metrics, name, regression, targets"):
+    task_files.read_task_file(_task_file(tmp_path, """\
+        tasks:
+          - name: x_task
+            files: {train: data/train.jsonl}
+            inputs: "{text}"
+            targets: "{coarse}"
+            label: [LOC]
+        """, name="typo.yaml"))
+  with pytest.raises(TaskFileError, match=r"YAML reads labels such as yes, no.* as \[True, "
+                     r"False\]; quote them"):
+    task_files.read_task_file(_task_file(tmp_path, """\
+        tasks:
+          - name: x_task
+            files: {train: data/train.jsonl}
+            inputs: "{text}"
+            targets: "{coarse}"
+            labels: [yes, no]
+        """, name="bools.yaml"))

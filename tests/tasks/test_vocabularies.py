@@ -50,8 +50,9 @@ def test_byte_fallback_warns_once_per_process(monkeypatch, caplog):
   warnings = [r.getMessage() for r in caplog.records if "byte vocabulary" in r.getMessage()]
   assert len(warnings) == 1
   assert vocabularies.T5_VOCABULARY_PATH in warnings[0]
-  assert "recast vocab build --task TASK --vocab_size 8000" in warnings[0]
-  assert "--gin.VOCABULARY=" in warnings[0]
+  assert "22.4% accuracy on bytes, 37.0% with a 1,000-piece SentencePiece model" in warnings[0]
+  assert "--gin.VOCABULARY=auto" in warnings[0]
+  assert "recast vocab build --task TASK --vocab_size 1000" in warnings[0]
 
 
 def test_missing_model_file_is_a_user_error():
@@ -125,3 +126,63 @@ def test_vocab_build_command_on_task_text(tmp_path, capsys):
         model.decode(model.encode(label)) == label
   assert cli.main(["vocab", "build", "--vocab_size", "40", "--out", str(out)]) == 2
   assert "give at least one --task or --text_file" in capsys.readouterr().err
+
+
+def _auto_task(tmp_path, rows):
+  import json
+  from recast.tasks import task_files
+  (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  path = tmp_path / "tasks.yaml"
+  path.write_text("tasks:\n  - {name: auto_vocab_toy, files: {train: rows.jsonl}, "
+                  "inputs: 'nli: {text}', targets: '{label}', "
+                  "labels: [entailment, not_entailment]}\n")
+  task_files.register_task_file(path)
+  return path
+
+
+def test_auto_builds_from_the_run_text_once_and_reuses_it(tmp_path, monkeypatch, capsys):
+  """VOCABULARY=auto: a SentencePiece model of the run's train inputs and targets, built into
+  RECAST_CACHE_DIR on first use; the same text later (another process: the memo cleared)
+  reuses the file; other text gets another model."""
+  from recast.tasks import task_files
+  monkeypatch.setenv("RECAST_CACHE_DIR", str(tmp_path / "cache"))
+  rows = [{"text": f"the {w} sat on the mat number {i}", "label": ["entailment",
+           "not_entailment"][i % 2]} for i in range(200) for w in ("cat", "dog")]
+  path = _auto_task(tmp_path, rows)
+  try:
+    gin.parse_config("VOCABULARY = 'auto'\nMIXTURE_OR_TASK_NAME = 'auto_vocab_toy'")
+    vocab = vocabularies.get_vocabulary()
+    assert "VOCABULARY=auto: built a" in capsys.readouterr().err
+    [model] = (tmp_path / "cache" / "vocabularies").iterdir()
+    assert vocabularies.vocabulary_file(vocab) == str(model)
+    processor = spm.SentencePieceProcessor(model_file=str(model))
+    # 400 inputs of 9 words, 400 one-word targets: 4 * sqrt(4000) = 253 pieces at most; the
+    # text supports fewer. TREC's size, 5,500 lines of 10 words: 4 * sqrt(55000) = 938.
+    assert vocabularies.auto_vocab_size(["a b c d e f g h i"] * 400 + ["x"] * 400) == 253
+    assert vocabularies.auto_vocab_size(["a b c d e f g h i j"] * 5500) == 938
+    assert vocabularies.auto_vocab_size(["ab"]) == 2 + 16  # characters + 16 at least
+    assert 40 < processor.get_piece_size() <= 253
+    assert (processor.pad_id(), processor.eos_id(), processor.unk_id()) == (0, 1, 2)
+    for label in ("entailment", "not_entailment"):  # "_" is kept: labels are required text
+      assert processor.unk_id() not in processor.encode(label)
+      assert processor.decode(processor.encode(label)) == label
+    assert vocabularies.TASK_VOCABULARY.extra_ids == 100
+    monkeypatch.setattr(vocabularies, "_auto_models", {})  # as a second run would start
+    mtime = model.stat().st_mtime_ns
+    assert vocabularies.vocabulary_file(vocabularies.get_vocabulary()) == str(model)
+    assert "reusing" in capsys.readouterr().err and model.stat().st_mtime_ns == mtime
+    task_files.unregister_task_file(path)
+    _auto_task(tmp_path, rows[:100])
+    assert vocabularies.vocabulary_file(vocabularies.get_vocabulary()) != str(model)
+    assert len(list((tmp_path / "cache" / "vocabularies").iterdir())) == 2
+  finally:
+    task_files.unregister_task_file(path)
+
+
+def test_auto_needs_a_task():
+  gin.parse_config("VOCABULARY = 'auto'")
+  with pytest.raises(vocabularies.VocabularyError, match="needs MIXTURE_OR_TASK_NAME"):
+    vocabularies.get_vocabulary()
+  gin.parse_config("MIXTURE_OR_TASK_NAME = 'no_such_task_here'")
+  with pytest.raises(vocabularies.VocabularyError, match="no task or mixture 'no_such"):
+    vocabularies.get_vocabulary()
