@@ -63,16 +63,20 @@ def is_param_checkpoint(path: str | os.PathLike) -> bool:
 
 def save_param_checkpoint(path: str | os.PathLike, params: Any, *, config: T5Config,
                           vocabulary_file: Optional[str | os.PathLike] = None,
-                          vocabulary: Optional[dict] = None) -> Path:
+                          vocabulary: Optional[dict] = None,
+                          step: Optional[int] = None) -> Path:
   """Writes `params` (a tree of arrays, boxes allowed) and metadata to a new folder `path`.
 
   `vocabulary` describes the vocabulary (e.g. {"type": "sentencepiece", "extra_ids": 100,
-  "size": 32128}); `vocabulary_file` is copied to `spiece.model`.
+  "size": 32128}); `vocabulary_file` is copied to `spiece.model`; `step` (recorded when
+  given) is the training step the parameters come from.
   """
   params = jax.tree_util.tree_map(np.asarray, nn.unbox(params))
   with atomic_files.staged_dir(path) as tmp:
-    ocp.PyTreeCheckpointer().save(tmp / PARAMS_DIR, params)
+    ocp.PyTreeCheckpointer().save((tmp / PARAMS_DIR).resolve(), params)  # orbax: absolute
     meta = {"format": FORMAT_VERSION, "model": config.to_dict(), "vocabulary": vocabulary}
+    if step is not None:
+      meta["step"] = int(step)
     if vocabulary_file:
       shutil.copyfile(vocabulary_file, tmp / VOCAB_FILE)
     atomic_files.write_json(tmp / METADATA_FILE, meta)

@@ -1,11 +1,14 @@
-"""Converts checkpoints between the Hugging Face T5 layout and recast's parameter checkpoints.
+"""Converts checkpoints between recast and the Hugging Face T5 and T5X layouts.
 
 Public T5 checkpoints (t5-small style: ReLU, tied embeddings; google/t5-v1_1 style:
-gated-GELU, untied `lm_head`) become `INITIAL_CHECKPOINT_PATH`s, and models trained here
-load in `transformers`:
+gated-GELU, untied `lm_head`; T5X's own) become `INITIAL_CHECKPOINT_PATH`s, and models
+trained here (a run's MODEL_DIR: its newest checkpoint; one `checkpoint_N`; a parameter
+checkpoint) load in `transformers` and T5X:
 
     recast convert hf-to-recast ~/hf/t5-v1_1-small /ckpt/t5_1_1_small
-    recast convert recast-to-hf /ckpt/t5_1_1_small ~/hf/my-model
+    recast convert recast-to-hf runs/mrpc ~/hf/my-model
+    recast convert t5x-to-recast ~/t5x/t5_1_1_small/checkpoint_1000000 /ckpt/t5x_small
+    recast convert recast-to-t5x runs/mrpc ~/t5x/my-model [--t5x_layout orbax]
 
 Hugging Face side: `config.json` + `model.safetensors` (or sharded safetensors; a
 `pytorch_model.bin` is read with weights-only loading) + optional `spiece.model`.
@@ -23,15 +26,21 @@ Tensor names and shapes (torch `Linear` weights are [out, in]) map onto recast's
     decoder.block.i.layer.{0,1,2}         -> self_attention, encoder_decoder_attention, mlp
     lm_head.weight [V, d]                 -> decoder/logits_dense [d, V] (untied only)
 
-Every mapping is a transpose and/or reshape, so converting back is bit-identical.
+recast-to-hf also writes generation_config.json and the tokenizer. T5X side: see the T5X
+section below (recast's names plus `/kernel`; attention kernels flattened). Every mapping
+is a transpose and/or reshape, so converting back is bit-identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -260,15 +269,19 @@ def _vocabulary_info(src: Path) -> Optional[dict[str, Any]]:
   spiece = src / checkpoints.VOCAB_FILE
   if not spiece.is_file():
     return None
+  extra_ids = _DEFAULT_EXTRA_IDS
+  tokenizer_config = src / "tokenizer_config.json"
+  if tokenizer_config.is_file():
+    extra_ids = int(json.loads(tokenizer_config.read_text()).get("extra_ids", extra_ids))
+  return _sentencepiece_info(spiece, extra_ids)
+
+
+def _sentencepiece_info(spiece: Path, extra_ids: int) -> dict[str, Any]:
   import sentencepiece
   try:
     pieces = sentencepiece.SentencePieceProcessor(model_file=str(spiece)).get_piece_size()
   except Exception as e:
     raise ConversionError(f"{spiece} is not a SentencePiece model: {e}") from e
-  extra_ids = _DEFAULT_EXTRA_IDS
-  tokenizer_config = src / "tokenizer_config.json"
-  if tokenizer_config.is_file():
-    extra_ids = int(json.loads(tokenizer_config.read_text()).get("extra_ids", extra_ids))
   return {"type": "sentencepiece", "file": checkpoints.VOCAB_FILE, "pieces": pieces,
           "extra_ids": extra_ids, "size": pieces + extra_ids}
 
@@ -323,44 +336,147 @@ def hf_to_recast(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
   config = config_from_hf(hf_config, source=str(src / CONFIG_FILE))
   params = _params_from_hf(read_hf_tensors(src), config, source=str(src))
   vocabulary = _vocabulary_info(src)
-  if vocabulary and vocabulary["size"] > config.vocab_size:
-    raise ConversionError(
-        f"{src}: {checkpoints.VOCAB_FILE} has {vocabulary['pieces']} pieces + "
-        f"{vocabulary['extra_ids']} extra ids, more than the model's vocab_size "
-        f"{config.vocab_size}; the vocabulary does not belong to these weights (remove it or "
-        "fix extra_ids in tokenizer_config.json)")
+  _check_vocabulary_fits(vocabulary, config, source=src)
   return checkpoints.save_param_checkpoint(
       dst, params, config=config, vocabulary=vocabulary,
       vocabulary_file=src / checkpoints.VOCAB_FILE if vocabulary else None)
 
 
+def _check_vocabulary_fits(vocabulary: Optional[dict], config: network.T5Config, *,
+                           source: Path) -> None:
+  if vocabulary and vocabulary["size"] > config.vocab_size:
+    raise ConversionError(
+        f"{source}: {checkpoints.VOCAB_FILE} has {vocabulary['pieces']} pieces + "
+        f"{vocabulary['extra_ids']} extra ids, more than the model's vocab_size "
+        f"{config.vocab_size}; the vocabulary does not belong to these weights (remove it or "
+        "fix extra_ids in tokenizer_config.json)")
+
+
+# --- Reading recast checkpoints ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecastModel:
+  """A recast checkpoint's weights and what travels with them."""
+  config: network.T5Config
+  params: dict[tuple[str, ...], np.ndarray]  # parameter path -> float32 array
+  step: int
+  vocabulary: dict[str, Any]  # its metadata's description ({} if none is recorded)
+  vocabulary_file: Optional[Path]  # the SentencePiece model it carries
+
+
+def read_recast(src: str | os.PathLike) -> RecastModel:
+  """The newest checkpoint of a run's MODEL_DIR, one `checkpoint_N` folder, or a parameter
+  checkpoint (anything `checkpoints.resolve` takes), as float32 numpy arrays.
+
+  Raises ConversionError naming the fix for a folder that holds none of these (a Hugging
+  Face or T5X folder is named as such), or a damaged checkpoint."""
+  src = Path(src)
+  t5x_error = lambda folder: ConversionError(
+      f"{folder} is a T5X checkpoint, not a recast one; convert it with `recast convert "
+      "t5x-to-recast SRC DST` first")
+  try:
+    ref = checkpoints.resolve(src, what="SRC")[-1]
+  except checkpoints.CheckpointError as e:
+    if (src / CONFIG_FILE).is_file():
+      raise ConversionError(f"{src} is a Hugging Face folder, not a recast checkpoint; it "
+                            "loads in transformers as it is (`recast convert hf-to-recast` "
+                            "brings it into recast)") from e
+    if _t5x_kind(src) is not None:
+      raise t5x_error(src) from e
+    raise
+  if not ref.is_param_checkpoint and not checkpoints.is_step_dir(ref.folder) and _t5x_kind(
+      ref.folder) is not None:  # a T5X model dir: checkpoint_N folders of T5X's
+    raise t5x_error(src)
+  if not ref.is_param_checkpoint:
+    missing = checkpoints.missing_files(ref.folder)
+    if missing:
+      raise ConversionError(f"{ref.folder} is damaged (missing {', '.join(missing)}); "
+                            "convert another of the run's checkpoint_N folders")
+  meta = ref.meta
+  if "model" not in meta:
+    raise ConversionError(f"{ref.folder} records no model config; convert a checkpoint "
+                          "written by recast")
+  config = network.T5Config(**meta["model"])
+  shapes = _recast_shapes(config)
+  expected = _nest({p: jax.ShapeDtypeStruct(s, np.float32) for p, s in shapes.items()})
+  tree = checkpoints.load_initial_params(ref.folder, expected_params=expected, vocabulary=None)
+  flat = {_path(path): np.asarray(leaf, np.float32)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  vocabulary = meta.get("vocabulary") or {}
+  return RecastModel(config, flat, ref.step, vocabulary,
+                     ref.vocabulary_file or _recorded_vocabulary_file(vocabulary))
+
+
+def _recorded_vocabulary_file(vocabulary: dict[str, Any]) -> Optional[Path]:
+  """The SentencePiece file a checkpoint's metadata names, if it is still there unchanged
+  (runs from before MODEL_DIR/spiece.model travelled with the run)."""
+  path = vocabulary.get("path")
+  if vocabulary.get("type") != "sentencepiece" or not path or not os.path.isfile(path):
+    return None
+  digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+  return Path(path) if vocabulary.get("sha256") in (None, digest) else None
+
+
+def _path(keys) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", k)) for k in keys)
+
+
+# --- recast -> Hugging Face --------------------------------------------------------------
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+def generation_config() -> dict[str, Any]:
+  """What transformers writes for a T5: decoding starts at pad (0) and stops at EOS (1)."""
+  return {"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def byt5_tokenizer_config(extra_ids: int) -> dict[str, Any]:
+  """tokenizer_config.json of a ByT5Tokenizer with seqio.ByteVocabulary's ids.
+
+  Both give byte b the id b + 3 after <pad> 0, </s> 1, <unk> 2, but ByT5Tokenizer numbers
+  its sentinels upwards from 259 while seqio counts <extra_id_0> down from the top
+  (vocab_size - 1), as T5 does; the table pins seqio's ids."""
+  size = 259 + extra_ids
+  token = lambda text, special: {"content": text, "lstrip": False, "normalized": False,
+                                 "rstrip": False, "single_word": False, "special": special}
+  table = {str(i): token(t, True) for i, t in enumerate(("<pad>", "</s>", "<unk>"))}
+  for i in range(extra_ids):
+    table[str(size - 1 - i)] = token(f"<extra_id_{i}>", True)
+  return {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0, "added_tokens_decoder": table,
+          "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+          "extra_special_tokens": [f"<extra_id_{i}>" for i in range(extra_ids)]}
+
+
 def recast_to_hf(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-  """Writes the recast parameter checkpoint `src` as a new HF T5 folder `dst`:
-  config.json + model.safetensors (+ spiece.model and tokenizer_config.json)."""
+  """Writes a recast checkpoint (a run's MODEL_DIR: its newest; a `checkpoint_N`; a
+  parameter checkpoint) as a new HF T5 folder `dst`: config.json, model.safetensors,
+  generation_config.json and the tokenizer (spiece.model + tokenizer_config.json for a
+  SentencePiece vocabulary, a ByT5Tokenizer config for recast's byte vocabulary)."""
   from safetensors.numpy import save_file
   src, dst = Path(src), Path(dst)
   _check_destination(dst)
-  config = checkpoints.load_config(src)
-  params = checkpoints.load_params(src)
-  shapes = _recast_shapes(config)
-  checkpoints.check_params_match(params, _nest(
-      {p: jax.ShapeDtypeStruct(s, np.float32) for p, s in shapes.items()}), source=str(src))
-  flat = {tuple(str(p.key) for p in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  model = read_recast(src)
   tensors = {}
-  for path in shapes:
+  for path in _recast_shapes(model.config):
     name, kind = hf_name(path)
-    tensors[name] = np.ascontiguousarray(_TO_HF[kind](np.asarray(flat[path], np.float32)))
-  vocab_file = checkpoints.vocabulary_file(src)
-  vocabulary = checkpoints.read_metadata(src).get("vocabulary") or {}
+    tensors[name] = np.ascontiguousarray(_TO_HF[kind](model.params[path]))
+  kind = model.vocabulary.get("type")
+  extra_ids = int(model.vocabulary.get("extra_ids", _DEFAULT_EXTRA_IDS))
   with atomic_files.staged_dir(dst) as tmp:
     save_file(tensors, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
-    atomic_files.write_json(tmp / CONFIG_FILE, config_to_hf(config))
-    if vocab_file:
-      shutil.copyfile(vocab_file, tmp / checkpoints.VOCAB_FILE)
-      atomic_files.write_json(tmp / "tokenizer_config.json", {
-          "tokenizer_class": "T5Tokenizer",
-          "extra_ids": vocabulary.get("extra_ids", _DEFAULT_EXTRA_IDS)})
+    atomic_files.write_json(tmp / CONFIG_FILE, config_to_hf(model.config))
+    atomic_files.write_json(tmp / GENERATION_CONFIG_FILE, generation_config())
+    if model.vocabulary_file:
+      shutil.copyfile(model.vocabulary_file, tmp / checkpoints.VOCAB_FILE)
+      atomic_files.write_json(tmp / TOKENIZER_CONFIG_FILE,
+                              {"tokenizer_class": "T5Tokenizer", "extra_ids": extra_ids})
+    elif kind == "byte":
+      atomic_files.write_json(tmp / TOKENIZER_CONFIG_FILE, byt5_tokenizer_config(extra_ids))
+  if not model.vocabulary_file and kind != "byte":
+    print(f"note: {src} carries no vocabulary file, so {dst} has no tokenizer; add the "
+          "spiece.model it was trained with", file=sys.stderr)
   return dst
 
 
@@ -369,20 +485,370 @@ def _check_destination(dst: Path) -> None:
     raise ConversionError(f"{dst} already exists; choose a new destination or remove it first")
 
 
+# --- T5X -----------------------------------------------------------------------------------
+#
+# T5X's trees (t5x/examples/t5/network.py) have recast's names; dense kernels end in
+# `/kernel`, and DenseGeneral stores attention kernels flattened: query/key/value
+# [d_model, heads*d_kv], out [heads*d_kv, d_model] (heads major). A T5X checkpoint_N is
+#   msgpack (t5x.checkpoints.Checkpointer): `checkpoint` = flax msgpack of
+#     {"version": 3, "optimizer": {"target": params, "state": {"step", "param_states"}}},
+#     each partitioned array replaced by the JSON of a tensorstore zarr spec whose path is
+#     relative to the folder ("target.encoder.layers_0.attention.query.kernel/");
+#   orbax (t5x.checkpoints.OrbaxCheckpointManagerInterface): `state/` is an orbax PyTree
+#     (OCDBT) of {"target", "state"}, beside `_CHECKPOINT_METADATA`.
+
+T5X_CHECKPOINT_FILE = "checkpoint"
+T5X_LAYOUTS = ("msgpack", "orbax")
+T5X_VERSION = 3
+_T5X_CHUNK_BYTES = 64 * 1024 * 1024  # T5X's desired zarr chunk size
+_ORBAX_METADATA = "_METADATA"
+_DENSE_LEAVES = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo", "logits_dense")
+
+
+def _t5x_kind(folder: Path) -> Optional[tuple[str, Path]]:
+  """("msgpack", the `checkpoint` file) or ("orbax", the PyTree folder) of one T5X
+  checkpoint folder; None if it is not one."""
+  if (folder / "state" / _ORBAX_METADATA).is_file():
+    return "orbax", folder / "state"
+  for base in (folder, folder / "state"):  # `state/checkpoint`: T5X's first orbax layout
+    if (base / T5X_CHECKPOINT_FILE).is_file():
+      return "msgpack", base / T5X_CHECKPOINT_FILE
+  return None
+
+
+def _t5x_checkpoint(src: Path) -> tuple[str, Path, int]:
+  """(layout, file or folder, step) of the T5X checkpoint `src` names: a `checkpoint_N`
+  folder, its `checkpoint` file, or a model dir (its newest checkpoint)."""
+  steps = checkpoints.checkpoint_steps(src)
+  if checkpoints.is_param_checkpoint(src) or checkpoints.is_step_dir(src) or (
+      steps and checkpoints.is_step_dir(src / f"{checkpoints.STEP_PREFIX}_{steps[-1]}")):
+    raise ConversionError(f"{src} is a recast checkpoint, not a T5X one; recast reads it as "
+                          "it is (`recast convert recast-to-t5x` writes T5X's layout)")
+  step_of = lambda folder: int(m.group(1)) if (m := re.search(r"_(\d+)$", folder.name)) else 0
+  if src.is_file() and src.name == T5X_CHECKPOINT_FILE:
+    base = src.parent.parent if src.parent.name == "state" else src.parent
+    return "msgpack", src, step_of(base)
+  kind = _t5x_kind(src)
+  if kind:
+    return (*kind, step_of(src))
+  found = sorted((int(m.group(1)), p) for p in (src.iterdir() if src.is_dir() else [])
+                 if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)) and _t5x_kind(p))
+  if not found:
+    raise ConversionError(
+        f"{src} is not a T5X checkpoint: it has no `{T5X_CHECKPOINT_FILE}` msgpack file, no "
+        "orbax state/ folder and no checkpoint_N folders holding one; point at a T5X "
+        "checkpoint_N folder or its model dir")
+  step, folder = found[-1]
+  return (*_t5x_kind(folder), step)
+
+
+def _is_ts_spec(value: Any) -> bool:
+  return isinstance(value, dict) and {"driver", "kvstore", "metadata"} <= value.keys()
+
+
+def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  """{path: leaf} of nested dicts; tensorstore spec dicts are leaves."""
+  if isinstance(tree, dict) and not _is_ts_spec(tree):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, prefix + (str(key),)))
+    return flat
+  return {prefix: tree}
+
+
+def _read_ts_spec(spec: dict, base: Path, name: str) -> np.ndarray:
+  """The array a T5X msgpack's tensorstore spec names (its path relative to `base`)."""
+  import tensorstore as ts
+  spec = json.loads(json.dumps(spec))  # a copy
+  kvstore = spec.get("kvstore") or {}
+  relative = kvstore.get("path", spec.pop("path", None))  # tensorstore<0.1.14 had it on top
+  if relative is None or kvstore.get("driver") not in ("file", "gfile", "gcs"):
+    raise ConversionError(f"{base}: {name} is stored with an unsupported tensorstore spec "
+                          f"{spec}; recast reads T5X's file, gfile and gcs zarr specs")
+  spec["kvstore"] = {"driver": "file", "path": str(base.resolve() / relative)}
+  metadata = spec.get("metadata", {})
+  for key in ("chunks", "compressor"):  # as T5X: open however the array was chunked
+    metadata.pop(key, None)
+  if spec.get("dtype") == "uint16" or metadata.get("dtype") == "<u2":
+    raise ConversionError(f"{base}: {name} is stored as uint16 (T5X checkpoint version < 3); "
+                          "re-save it with a current T5X")
+  try:
+    return np.asarray(ts.open(spec, open=True, read=True).result().read().result())
+  except Exception as e:  # tensorstore raises ValueError for missing or damaged arrays
+    raise ConversionError(f"{base}: cannot read {name} ({e})") from e
+
+
+def _read_t5x_msgpack(path: Path) -> dict:
+  """{"target": params, "step": step} of a T5X msgpack checkpoint (optimizer state unread)."""
+  from flax import serialization
+  try:
+    contents = serialization.msgpack_restore(path.read_bytes())
+  except Exception as e:
+    raise ConversionError(f"{path} is not a T5X msgpack checkpoint ({e})") from e
+  if not isinstance(contents, dict):
+    raise ConversionError(f"{path} is not a T5X msgpack checkpoint (no state dict)")
+  version = contents.get("version", 0)
+  if version and version < 2:
+    raise ConversionError(f"{path}: T5X checkpoint version {version}; T5X (and recast) read "
+                          "versions 2 and later")
+  state = contents["optimizer"] if version else contents  # version 0: a plain flax state dict
+  if not isinstance(state, dict) or not isinstance(state.get("target"), dict):
+    raise ConversionError(f"{path} holds no `target` parameters; is it a T5X checkpoint?")
+  values = {}
+  for key, leaf in _flatten(state["target"]).items():
+    name = "/".join(("target",) + key)
+    if _is_ts_spec(leaf):
+      values[key] = _read_ts_spec(leaf, path.parent, name)
+    elif isinstance(leaf, str) and leaf.startswith("PLACEHOLDER://"):  # T5X's early orbax
+      values[key] = _read_ts_spec(
+          {"driver": "zarr", "kvstore": {"driver": "file",
+                                         "path": leaf.removeprefix("PLACEHOLDER://")},
+           "metadata": {}}, path.parent, name)
+    else:
+      values[key] = leaf
+  step = (state.get("state") or {}).get("step")
+  return {"target": _nest(values), "step": None if _is_ts_spec(step) else step}
+
+
+def _read_t5x_orbax(folder: Path) -> dict:
+  """{"target": params, "step": step} of T5X's orbax layout (`checkpoint_N/state`)."""
+  import orbax.checkpoint as ocp
+  folder = folder.resolve()
+  try:
+    tree = ocp.PyTreeCheckpointHandler().metadata(folder).tree
+    if not isinstance(tree, dict) or not isinstance(tree.get("target"), dict):
+      raise ConversionError(f"{folder} holds no `target` parameters; is it a T5X checkpoint?")
+    item = {"target": tree["target"]}
+    if isinstance(tree.get("state"), dict) and "step" in tree["state"]:
+      item["state"] = {"step": tree["state"]["step"]}
+    as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      restored = checkpointer.restore(folder, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=as_numpy, partial_restore=True))
+  except ConversionError:
+    raise
+  except Exception as e:  # orbax and tensorstore raise many types for damaged files
+    raise ConversionError(f"{folder} is not a readable orbax checkpoint "
+                          f"({checkpoints.damage_reason(e)})") from e
+  return {"target": restored["target"], "step": (restored.get("state") or {}).get("step")}
+
+
+def _config_from_t5x(flat: dict[tuple[str, ...], np.ndarray], *,
+                     source: str) -> network.T5Config:
+  """A T5 config from a T5X target's shapes (names without `kernel`). What shapes cannot
+  say keeps T5X's defaults: relative_attention_max_distance 128, layer_norm_epsilon 1e-6;
+  two input projections mean gated-GELU (T5.1.1), one ReLU (T5.1.0)."""
+  def get(*path):
+    if path not in flat:
+      raise ConversionError(f"{source}: its target has no {'/'.join(path)}; recast converts "
+                            "T5X's T5 encoder-decoders (t5x/examples/t5/network.py)")
+    return flat[path]
+  vocab_size, d_model = get("token_embedder", "embedding").shape
+  num_heads, num_buckets = get("encoder", "relpos_bias", "rel_embedding").shape
+  joined_kv = int(np.prod(get("encoder", "layers_0", "attention", "query").shape[1:]))
+  mlp = {p[3] for p in flat if p[:3] == ("encoder", "layers_0", "mlp")}
+  count = lambda stack: len({p[1] for p in flat if p[0] == stack and p[1].startswith("layers_")})
+  return network.T5Config(
+      vocab_size=int(vocab_size), d_model=int(d_model), num_heads=int(num_heads),
+      d_kv=joined_kv // int(num_heads), d_ff=int(get("encoder", "layers_0", "mlp", "wo").shape[0]),
+      num_encoder_layers=count("encoder"), num_decoder_layers=count("decoder"),
+      feed_forward="gated-gelu" if "wi_0" in mlp else "relu",
+      tie_word_embeddings=("decoder", "logits_dense") not in flat,
+      relative_attention_num_buckets=int(num_buckets))
+
+
+_GIN_ACTIVATIONS = re.compile(r"mlp_activations\s*=\s*[(\[]([^)\]]*)[)\]]")
+
+
+def _check_t5x_activations(config: network.T5Config, gin_files: list[Path]) -> None:
+  """Raises ConversionError when the T5X model dir's config.gin names MLP activations
+  other than the ones the shapes were read as (gelu+linear gated, or relu)."""
+  gin_file = next((f for f in gin_files if f.is_file()), None)
+  match = gin_file and _GIN_ACTIVATIONS.search(gin_file.read_text(errors="replace"))
+  if not match:
+    return
+  names = tuple(re.findall(r"[\w-]+", match.group(1)))
+  expected = ("gelu", "linear") if config.feed_forward == "gated-gelu" else ("relu",)
+  if names != expected:
+    raise ConversionError(
+        f"{gin_file}: mlp_activations = {names}, but recast's T5 has "
+        f"{' or '.join(map(str, [('gelu', 'linear'), ('relu',)]))} feed-forwards only")
+
+
+def params_from_t5x(target: dict, *, source: str) -> tuple[network.T5Config, dict]:
+  """(config, recast parameter tree) of a T5X `target` tree (arrays)."""
+  flat = {}
+  for path, value in _flatten(target).items():
+    flat[path[:-1] if path[-1] == "kernel" else path] = np.asarray(value)
+  config = _config_from_t5x(flat, source=source)
+  params = {}
+  for path, shape in _recast_shapes(config).items():
+    value = flat.pop(path, None)
+    if value is None:
+      raise ConversionError(f"{source}: its target has no {'/'.join(path)} (expected from "
+                            f"the other shapes: {shape})")
+    if value.shape != shape and path[-1] in _ATTENTION and value.size == np.prod(shape):
+      value = value.reshape(shape)  # DenseGeneral's flattened [d, h*k] / [h*k, d]
+    if value.shape != shape:
+      raise ConversionError(f"{source}: {'/'.join(path)} has shape {value.shape}, but the "
+                            f"other shapes imply {shape}; is it a T5X T5 checkpoint?")
+    params[path] = np.asarray(value, np.float32) if value.dtype != np.float32 else value
+  if flat:
+    extra = sorted("/".join(p) for p in flat)
+    raise ConversionError(f"{source}: parameters {', '.join(extra[:5])}"
+                          f"{' ...' if len(extra) > 5 else ''} are not part of a T5 "
+                          "recast knows; recast converts t5x/examples/t5 networks")
+  return config, _nest(params)
+
+
+def params_to_t5x(params: dict[tuple[str, ...], np.ndarray]) -> dict[tuple[str, ...], np.ndarray]:
+  """T5X target paths and arrays of recast parameters (dense leaves gain `kernel`; attention
+  kernels are flattened as T5X's DenseGeneral stores them)."""
+  target = {}
+  for path, value in params.items():
+    if path[-1] in _ATTENTION:
+      value = value.reshape(value.shape[0], -1) if path[-1] != "out" else value.reshape(
+          -1, value.shape[-1])
+    target[path + ("kernel",) if path[-1] in _DENSE_LEAVES else path] = value
+  return target
+
+
+def t5x_to_recast(src: str | os.PathLike, dst: str | os.PathLike, *,
+                  vocabulary: Optional[str | os.PathLike] = None) -> Path:
+  """Converts a T5X checkpoint (msgpack + tensorstore or orbax; a checkpoint_N folder or its
+  model dir) into a new recast parameter checkpoint `dst`. Only the parameters (`target`)
+  and step are read; optimizer state is left behind. `vocabulary`: the spiece.model it was
+  trained with (default: a spiece.model beside the checkpoint, if any)."""
+  src, dst = Path(src), Path(dst)
+  _check_destination(dst)
+  if vocabulary and not Path(vocabulary).is_file():
+    raise ConversionError(f"--vocabulary {vocabulary} does not exist; give the spiece.model "
+                          "the T5X model was trained with")
+  layout, location, step = _t5x_checkpoint(src)
+  state = _read_t5x_msgpack(location) if layout == "msgpack" else _read_t5x_orbax(location)
+  step = step if state["step"] is None else int(np.asarray(state["step"]))
+  config, params = params_from_t5x(state["target"], source=str(location))
+  folder = location.parent  # checkpoint_N (or its state/)
+  model_dirs = [folder.parent, folder.parent.parent]
+  _check_t5x_activations(config, [f / "config.gin" for f in model_dirs])
+  vocab_file = Path(vocabulary) if vocabulary else next(
+      (f / checkpoints.VOCAB_FILE for f in [folder, *model_dirs]
+       if (f / checkpoints.VOCAB_FILE).is_file()), None)
+  info = None
+  if vocab_file:
+    info = _sentencepiece_info(vocab_file, _DEFAULT_EXTRA_IDS)
+    _check_vocabulary_fits(info, config, source=vocab_file)
+  return checkpoints.save_param_checkpoint(dst, params, config=config, vocabulary=info,
+                                           vocabulary_file=vocab_file, step=step)
+
+
+def recast_to_t5x(src: str | os.PathLike, dst: str | os.PathLike, *,
+                  layout: str = "msgpack") -> Path:
+  """Writes a recast checkpoint as a new T5X model dir `dst` holding `checkpoint_<step>` in
+  T5X's msgpack + tensorstore layout or its orbax one (and the run's spiece.model). The
+  parameters go in `target` and the step in `state/step`; the optimizer state is not
+  converted (recast's is optax's), which T5X's InferenceState (eval, infer) does not read
+  and its training restores with RestoreCheckpointConfig(fallback_to_scratch=True).
+  Returns the checkpoint_<step> folder."""
+  if layout not in T5X_LAYOUTS:
+    raise ConversionError(f"--t5x_layout {layout!r}: use one of {', '.join(T5X_LAYOUTS)}")
+  src, dst = Path(src), Path(dst)
+  _check_destination(dst)
+  model = read_recast(src)
+  target = params_to_t5x(model.params)
+  name = f"{checkpoints.STEP_PREFIX}_{model.step}"
+  with atomic_files.staged_dir(dst) as tmp:
+    if layout == "msgpack":
+      (tmp / name).mkdir()
+      _write_t5x_msgpack(tmp / name, target, model.step)
+    else:
+      _write_t5x_orbax(tmp, target, model.step)
+    if model.vocabulary_file:
+      shutil.copyfile(model.vocabulary_file, tmp / checkpoints.VOCAB_FILE)
+  return dst / name
+
+
+def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
+  """A zarr chunk shape under T5X's 64 MiB that divides `shape` (halving the largest even
+  dimension, as T5X's _choose_chunk_shape splits evenly)."""
+  chunks = list(shape)
+  while int(np.prod(chunks)) * itemsize > _T5X_CHUNK_BYTES:
+    even = [i for i, c in enumerate(chunks) if c % 2 == 0]
+    if not even:
+      break
+    largest = max(even, key=lambda i: chunks[i])
+    chunks[largest] //= 2
+  return chunks
+
+
+def _write_t5x_msgpack(folder: Path, target: dict[tuple[str, ...], np.ndarray],
+                       step: int) -> None:
+  import tensorstore as ts
+  from flax import serialization
+  specs = {}
+  for path, value in target.items():
+    relative = ".".join(("target",) + path)
+    spec = ts.Spec({"driver": "zarr", "dtype": value.dtype.name,
+                    "kvstore": {"driver": "file", "path": relative},
+                    "metadata": {"compressor": {"id": "gzip"}, "shape": list(value.shape),
+                                 "chunks": _chunk_shape(value.shape, value.itemsize)}}).to_json()
+    absolute = json.loads(json.dumps(spec))
+    absolute["kvstore"]["path"] = str(folder.resolve() / spec["kvstore"]["path"])
+    ts.open(absolute, create=True, open=True).result().write(value).result()
+    specs[path] = spec
+  contents = {"version": T5X_VERSION,
+              "optimizer": {"target": _nest(specs), "state": {"step": np.int32(step)}}}
+  atomic_files.write_bytes(folder / T5X_CHECKPOINT_FILE,
+                           serialization.msgpack_serialize(contents))
+
+
+def _write_t5x_orbax(model_dir: Path, target: dict[tuple[str, ...], np.ndarray],
+                     step: int) -> None:
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(step_prefix=checkpoints.STEP_PREFIX, create=True,
+                                         enable_async_checkpointing=False)
+  state = {"target": _nest(target), "state": {"step": np.int32(step)}}
+  with ocp.CheckpointManager(model_dir.resolve(), options=options, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(use_ocdbt=True)}) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
+    manager.wait_until_finished()
+
+
 # --- Command line ----------------------------------------------------------------------
 
-DIRECTIONS = {"hf-to-recast": hf_to_recast, "recast-to-hf": recast_to_hf}
+DIRECTIONS = {"hf-to-recast": hf_to_recast, "recast-to-hf": recast_to_hf,
+              "t5x-to-recast": t5x_to_recast, "recast-to-t5x": recast_to_t5x}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("direction", choices=sorted(DIRECTIONS),
-                      help="hf-to-recast: Hugging Face T5 folder -> recast checkpoint "
-                      "(usable as INITIAL_CHECKPOINT_PATH); recast-to-hf: the reverse")
+  parser.add_argument(
+      "direction", choices=list(DIRECTIONS),
+      help="hf-to-recast: Hugging Face T5 folder -> recast parameter checkpoint (usable as "
+      "INITIAL_CHECKPOINT_PATH); recast-to-hf: a run's MODEL_DIR (its newest checkpoint), "
+      "one checkpoint_N or a parameter checkpoint -> Hugging Face folder (loads with "
+      "T5ForConditionalGeneration.from_pretrained); t5x-to-recast: a T5X checkpoint_N "
+      "(msgpack + tensorstore, or orbax) or its model dir -> recast parameter checkpoint; "
+      "recast-to-t5x: a recast checkpoint -> T5X model dir DST/checkpoint_<step>")
   parser.add_argument("src", help="folder to convert")
   parser.add_argument("dst", help="folder to create (must not exist)")
+  parser.add_argument("--t5x_layout", choices=T5X_LAYOUTS, default="msgpack",
+                      help="recast-to-t5x: T5X's msgpack + tensorstore Checkpointer layout "
+                      "(default) or its orbax one")
+  parser.add_argument("--vocabulary", metavar="SPIECE_MODEL",
+                      help="t5x-to-recast: the SentencePiece model the T5X model was trained "
+                      "with (default: a spiece.model beside the checkpoint)")
 
 
 def main(args: argparse.Namespace) -> int:
-  dst = DIRECTIONS[args.direction](args.src, args.dst)
+  kwargs = {}
+  if args.direction == "recast-to-t5x":
+    kwargs["layout"] = args.t5x_layout
+  elif args.direction == "t5x-to-recast":
+    kwargs["vocabulary"] = args.vocabulary
+  dst = DIRECTIONS[args.direction](args.src, args.dst, **kwargs)
   print(f"wrote {dst}")
+  if args.direction == "recast-to-t5x":
+    print("note: parameters and step only, no optimizer state; to train on from it in T5X "
+          "set RestoreCheckpointConfig.fallback_to_scratch = True (fresh Adafactor state)",
+          file=sys.stderr)
   return 0

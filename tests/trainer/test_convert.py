@@ -233,5 +233,5 @@ def test_cli(hf_checkpoint, tmp_path, capsys):
   assert (tmp_path / "b" / "model.safetensors").is_file()
   assert cli.main(["convert", "recast-to-hf", str(hf_path), str(tmp_path / "c")]) == 2
   err = capsys.readouterr().err
-  assert "not a recast parameter checkpoint" in err and "Traceback" not in err
+  assert "is a Hugging Face folder, not a recast checkpoint" in err and "Traceback" not in err
   assert not (tmp_path / "c").exists()
