@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -28,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "convert": ("recast.trainer.convert", "convert checkpoints to and from Hugging Face T5 and T5X",
                 False),
     "sweep": ("recast.jobs.sweep", "run a grid of runs with Ray", True),
+    "study": ("recast.jobs.study", "run a study's stages of runs in order; compare its arms",
+              False),
     "fuse": ("recast.jobs.fusion", "ColD Fusion rounds; average checkpoints", True),
     "eval-base": ("recast.jobs.eval_base", "model-recycling evaluation of a base model", True),
     "distill": ("recast.trainer.distillation", "distil a teacher into a student", True),
@@ -84,6 +87,17 @@ class _QuietTensorFlowLoad:
     return spec
 
 
+# absl warnings that say nothing a user can act on: orbax reading a checkpoint written
+# without its optional metadata file, and seqio noting evaluation lengths longer than the data.
+_ABSL_NOISE = ("Metadata file does not exist", "sequence lengths are longer than necessary")
+
+
+class _DropAbslNoise(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(noise in message for noise in _ABSL_NOISE)
+
+
 def _configure_runtime() -> None:
   """Before JAX/TF load: a quiet start-up, no usage stats, and JAX's persistent compilation
   cache (runs of the same shapes, e.g. sweep trials and fusion contributors, compile once).
@@ -93,6 +107,9 @@ def _configure_runtime() -> None:
   oneDNN notice. `JAX_PLATFORMS=cpu` is set only when no accelerator plugin for jaxlib is
   installed, so a CUDA jaxlib still finds its GPUs. Each variable already set is kept.
   """
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropAbslNoise) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropAbslNoise())
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   os.environ.setdefault("TF_ENABLED_DEVICE_TYPES", "CPU")
