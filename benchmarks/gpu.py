@@ -1,7 +1,8 @@
 """GPU-only measurements: model FLOPs utilisation of T5.1.1-base at 512/114 in bfloat16
 (FLOPs from `trainer.flops`, against the card's dense bf16 datasheet peak), the time from
 nothing to the first finished train step, an attention-kernel comparison (cuDNN's fused
-attention against XLA's einsums, speed and numerics), a profile of the step, and recast
+attention, the Pallas relative-position kernel of `trainer.attention_kernel` and XLA's
+einsums, speed and numerics), a profile of the step, and recast
 against Hugging Face on the GPU. On a machine without a GPU every function here returns
 {"skipped": reason} instead."""
 
@@ -76,18 +77,32 @@ def _cold_trainer(config: T5Config, batch: Mapping[str, np.ndarray], log
   plus one update.
   """
   import jax
-  start = time.perf_counter()
-  step = _background_step(config, batch)
-  trainer = RecastTrainer(config)
-  jax.block_until_ready(trainer.state)
-  init_s = time.perf_counter() - start
-  trainer.train_step = _compiled(step)
-  trainer.step(trainer.device_batch(batch))
-  first = time.perf_counter() - start
+  compiles: list = []  # (program, XLA compile seconds) of every compilation of the start
+
+  def on_duration(event, seconds, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append((str(kwargs.get("fun_name", "?")), seconds))
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  try:
+    start = time.perf_counter()
+    step = _background_step(config, batch)
+    trainer = RecastTrainer(config)
+    jax.block_until_ready(trainer.state)
+    init_s = time.perf_counter() - start
+    trainer.train_step = _compiled(step)
+    trainer.step(trainer.device_batch(batch))
+    first = time.perf_counter() - start
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_duration)
   compile_s = step.compile_seconds
-  log(f"  init {init_s:.1f}s, step compiled in {compile_s:.1f}s (in parallel), "
-      f"first step done after {first:.1f}s")
-  return trainer, {"init_s": init_s, "compile_s": compile_s, "time_to_first_step_s": first}
+  init_compile_s = sum(s for name, s in compiles if "train_step" not in name)
+  log(f"  init {init_s:.1f}s (of it {init_compile_s:.1f}s compiling), step compiled in "
+      f"{compile_s:.1f}s (in parallel), first step done after {first:.1f}s")
+  log("  compilations: " + ", ".join(f"{name} {s:.1f}s" for name, s in
+                                     sorted(compiles, key=lambda c: -c[1])[:6]))
+  return trainer, {"init_s": init_s, "init_compile_s": init_compile_s, "compile_s": compile_s,
+                   "time_to_first_step_s": first,
+                   "compilations": [{"program": n, "compile_s": s} for n, s in compiles]}
 
 
 def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, int] = T5_LENGTHS,
@@ -146,8 +161,8 @@ def mfu(*, config: T5Config = T5_1_1_BASE, task_feature_lengths: Mapping[str, in
 
 def attention_numerics(*, batch_size: int = 8, lengths: Mapping[str, int] = None,
                        seed: int = 0) -> dict[str, Any]:
-  """Loss and gradients of a 2+2-layer bf16 T5.1.1 with cuDNN attention and with XLA
-  attention, each against float32 XLA, on padded rows and on packed rows.
+  """Loss and gradients of a 2+2-layer bf16 T5.1.1 with cuDNN, Pallas and XLA attention,
+  each against float32 XLA, on padded rows and on packed rows.
 
   Returns, per layout: loss of each, and for each bf16 implementation the relative error
   ||g - g_f32|| / ||g_f32|| of the whole gradient and of the relative-position tables.
@@ -219,7 +234,7 @@ def attention_numerics(*, batch_size: int = 8, lengths: Mapping[str, int] = None
     batch = {k: jnp.asarray(v) for k, v in make().items()}
     ref_loss, ref = loss_and_grads(base.replace(attention_implementation="xla"), batch)
     row: dict[str, Any] = {"loss_float32": float(ref_loss)}
-    for implementation in ("xla", "cudnn"):
+    for implementation in ("xla", "cudnn", "pallas"):
       try:
         loss, grads = loss_and_grads(base.replace(dtype="bfloat16",
                                                   attention_implementation=implementation),
@@ -233,6 +248,67 @@ def attention_numerics(*, batch_size: int = 8, lengths: Mapping[str, int] = None
               [grads["encoder"]["relpos_bias"], grads["decoder"]["relpos_bias"]],
               [ref["encoder"]["relpos_bias"], ref["decoder"]["relpos_bias"]])}
     results[layout] = row
+  return results
+
+
+def attention_op(*, batch_size: int = 128, length: int = 512, num_heads: int = 12,
+                 d_kv: int = 64, implementations=("xla", "cudnn", "pallas"),
+                 repetitions: int = 5, seed: int = 0) -> dict[str, Any]:
+  """One T5.1.1-base encoder self-attention alone (bf16, relative-position bias, padded
+  rows), forward + backward (gradients of query, key, value and the bias table), per
+  kernel: median ms, and each gradient's relative difference from XLA's."""
+  reason = gpu_skip_reason()
+  if reason:
+    return {"skipped": reason}
+  import jax
+  import jax.numpy as jnp
+  from recast.trainer import attention_kernel, network
+  rng = np.random.default_rng(seed)
+  shape = (batch_size, length, num_heads, d_kv)
+  q, k, v, cotangent = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for _ in range(4))
+  table = jnp.asarray(rng.normal(size=(num_heads, 32)), jnp.float32)
+  positions = jnp.arange(length)
+  buckets = network.relative_position_bucket(positions[None, :] - positions[:, None],
+                                             bidirectional=True, num_buckets=32,
+                                             max_distance=128)
+  real = positions[None, :] < jnp.asarray(rng.integers(length // 2, length + 1,
+                                                       batch_size))[:, None]
+  mask = network.AttentionMask(real, real)
+
+  def attend(implementation, q, k, v, table):
+    if implementation == "pallas":
+      return attention_kernel.relative_attention(q, k, v, table, buckets, query_mask=real,
+                                                 key_mask=real)
+    bias = jnp.take(table, buckets, axis=1)[None]
+    if implementation == "cudnn":
+      return network.fused_attention(q, k, v, mask, bias)
+    logits = jnp.einsum("bqhk,bthk->bhqt", q, k).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(logits + mask.bias(), axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqt,bthk->bqhk", weights, v)
+
+  steps, grads = {}, {}
+  results: dict[str, Any] = {"batch_size": batch_size, "length": length,
+                             "num_heads": num_heads, "d_kv": d_kv}
+  for name in implementations:
+    loss = lambda q, k, v, t, name=name: jnp.sum(
+        attend(name, q, k, v, t).astype(jnp.float32) * cotangent.astype(jnp.float32))
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    try:
+      grads[name] = jax.block_until_ready(step(q, k, v, table))
+    except Exception as e:  # noqa: BLE001  (a kernel that can't compile here is a result)
+      results[name] = {"skipped": f"{type(e).__name__}: {str(e)[:300]}"}
+      continue
+    steps[name] = lambda step=step: jax.block_until_ready(step(q, k, v, table))
+  seconds = measure.interleaved_seconds(steps, repetitions=repetitions, warmup=1)
+
+  def rel(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+  for name, times in seconds.items():
+    results[name] = {"fwd_bwd_ms": float(np.median(times)) * 1e3}
+    if "xla" in grads and name != "xla":
+      results[name].update({f"d{arg}_rel_diff_vs_xla": rel(g, want) for arg, g, want in
+                            zip(("q", "k", "v", "table"), grads[name], grads["xla"])})
   return results
 
 
@@ -267,7 +343,7 @@ def main(argv=None) -> int:
   import json
   import os
   parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=main.__doc__)
-  parser.add_argument("--attention", default="cudnn,xla",
+  parser.add_argument("--attention", default="cudnn,xla,pallas",
                       help="attention kernels to time (T5Config.attention_implementation); "
                       "the first one starts cold (time to first step) and is profiled")
   parser.add_argument("--batch_sizes", default="128,256",
@@ -283,7 +359,10 @@ def main(argv=None) -> int:
   parser.add_argument("--steps_per_timing", type=int, default=5)
   parser.add_argument("--profile_dir", default=None, help="write a profiler trace here")
   parser.add_argument("--numerics", action="store_true",
-                      help="compare cuDNN and XLA attention gradients with float32")
+                      help="compare cuDNN, Pallas and XLA attention gradients with float32")
+  parser.add_argument("--attention_op", action="store_true",
+                      help="time one encoder self-attention alone per kernel (forward + "
+                      "backward, T5.1.1-base heads at --batch_sizes' first size x 512)")
   parser.add_argument("--no_torch_compile", action="store_true")
   parser.add_argument("--time_budget_s", type=float, default=float("inf"),
                       help="start no section after this many seconds")
@@ -366,6 +445,11 @@ def main(argv=None) -> int:
   state = None
   if args.numerics and "numerics" not in results and in_budget("numerics"):
     numerics()
+  if args.attention_op and in_budget("attention_op"):
+    results["attention_op"] = attention_op(batch_size=batch_sizes[0],
+                                           repetitions=args.repetitions)
+    save()
+    print("attention_op (fwd+bwd ms):", json.dumps(results["attention_op"]), flush=True)
   if args.step_batch and in_budget("train_step"):
     results["train_step"] = train_step.compare_train_step(
         config=T5_1_1_BASE, batch_size=args.step_batch, task_feature_lengths=T5_LENGTHS,

@@ -1,14 +1,16 @@
 """`python -m benchmarks.run` (`make bench`): every benchmark of issue 8 in one run; prints
 tables and writes one JSON file (benchmarks/results/<date>T<time>.json, not committed).
 
-  python -m benchmarks.run                          # all sections, CPU preset (~20 min, 2 cores)
+  python -m benchmarks.run                          # all sections, CPU preset (~30 min, 2 cores)
   python -m benchmarks.run --sections=packing       # one section
   python -m benchmarks.run --preset=smoke --vocabulary=byte   # toy sizes, seconds
 
 Sections: train_step (recast vs HF T5 train step, interleaved), useful_tokens (packed vs
 padded to the longest, real GLUE mixture), input_pipeline (span corruption 512/114 and the
 packed GLUE mixture vs the step's consumption, input wait in a real loop), packing
-(non-padding fractions), gpu (MFU of T5.1.1-base, time to first step; skipped on CPU).
+(non-padding fractions), gpu (MFU of T5.1.1-base, time to first step; skipped on CPU),
+init_compile (flax's init vs grouped draws), optimizer_kernels (Adafactor per tensor vs
+stacked, kernels of the compiled update), cpu_bf16 (XLA:CPU bf16 matmuls vs PyTorch).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from benchmarks import train_step
 from benchmarks.tables import (lengths_text, print_gpu, print_input_pipeline, print_packing,
                                print_train_step, print_useful_tokens)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-SECTIONS = ("train_step", "useful_tokens", "input_pipeline", "packing", "gpu")
+SECTIONS = ("train_step", "useful_tokens", "input_pipeline", "packing", "gpu", "init_compile",
+            "optimizer_kernels", "cpu_bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +59,13 @@ class Preset:
   gpu_batch: int  # T5.1.1-base 512/114 rows for the MFU measurement
   gpu_step_batch: int = 32  # rows for recast vs HF on the GPU (two models share its memory)
   torch_compile: bool = True
+  init_model: str = "base"  # init_compile and optimizer_kernels: T5.1.1-base or tiny
+  bf16_matmul_size: int = 2048  # cpu_bf16: the square matmul
 
 
 # CPU: a compact T5.1.1 (compact/L4_H256: 4+4 layers, d_model 256, 4 heads, d_ff 1024) at
 # T5's pretraining lengths; T5.1.1-small is ~4x the work and leaves too few steps.
-CPU_MODEL = dict(d_model=256, num_heads=4, d_kv=64, d_ff=1024, num_encoder_layers=4,
-                 num_decoder_layers=4, dropout_rate=0.0)
+CPU_MODEL = train_step.CPU_MODEL
 PRESETS = {
     "cpu": Preset(
         model=CPU_MODEL, step_batch=8, step_lengths={"inputs": 512, "targets": 114},
@@ -85,7 +90,8 @@ PRESETS = {
         pipeline_streams=("span_corruption",), span_lengths={"inputs": 64, "targets": 16},
         finetune_lengths={"inputs": 64, "targets": 16},
         packing=(("bench_glue4", {"inputs": 64, "targets": 16}),),
-        packing_batches=2, gpu_batch=8, torch_compile=False),
+        packing_batches=2, gpu_batch=8, torch_compile=False, init_model="tiny",
+        bf16_matmul_size=256),
 }
 
 
@@ -143,6 +149,12 @@ def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: 
           task_feature_lengths=preset.step_lengths, repetitions=preset.step_repetitions,
           device="cpu", torch_compile=preset.torch_compile, log=log)}
       print_train_step(results["train_step"]["cpu"])
+      log("train step, CPU (bfloat16 activations; HF under torch.autocast):")
+      results["train_step"]["cpu_bfloat16"] = train_step.compare_train_step(
+          config=config.replace(dtype="bfloat16"), batch_size=preset.step_batch,
+          task_feature_lengths=preset.step_lengths, repetitions=preset.step_repetitions,
+          device="cpu", torch_compile=preset.torch_compile, log=log)
+      print_train_step(results["train_step"]["cpu_bfloat16"])
       reason = gpu.gpu_skip_reason()
       if reason is None:
         log("train step, GPU (bfloat16):")
@@ -184,6 +196,23 @@ def run_benchmarks(*, preset: Preset, sections: Sequence[str], vocabulary_name: 
       results["gpu"] = gpu.mfu(batch_size=preset.gpu_batch, log=log)
       results["gpu"].pop("_trainer", None)
       print_gpu(results["gpu"])
+    if "init_compile" in sections:
+      from benchmarks import init_compile
+      log("parameter init compile time:")
+      results["init_compile"] = init_compile.init_compile(model=preset.init_model, rounds=1,
+                                                          log=log)
+      init_compile.print_init_compile(results["init_compile"])
+    if "optimizer_kernels" in sections:
+      from benchmarks import optimizer_kernels
+      log("Adafactor kernels:")
+      results["optimizer_kernels"] = optimizer_kernels.optimizer_kernels(
+          model=preset.init_model, repetitions=3, log=log)
+      optimizer_kernels.print_optimizer_kernels(results["optimizer_kernels"])
+    if "cpu_bf16" in sections:
+      from benchmarks import cpu_bf16
+      log("XLA:CPU bf16 matmuls:")
+      results["cpu_bf16"] = cpu_bf16.cpu_bf16(size=preset.bf16_matmul_size, log=log)
+      cpu_bf16.print_cpu_bf16(results["cpu_bf16"])
   return results
 
 

@@ -21,6 +21,10 @@ from recast.trainer.network import T5Config
 from recast.trainer.partitioning import Partitioner
 
 LEARNING_RATE = 1e-3  # T5X's fine-tuning constant; both sides use it.
+# The CPU benchmark model: a compact T5.1.1 (compact/L4_H256: 4+4 layers, d_model 256,
+# 4 heads, d_ff 1024) at T5's pretraining lengths; T5.1.1-small is ~4x the work.
+CPU_MODEL = dict(d_model=256, num_heads=4, d_kv=64, d_ff=1024, num_encoder_layers=4,
+                 num_decoder_layers=4, dropout_rate=0.0)
 
 
 def synthetic_batch(*, batch_size: int, task_feature_lengths: Mapping[str, int],
@@ -233,3 +237,59 @@ def compare_train_step(*, config: T5Config, batch_size: int,
     rate = systems.get(other, {}).get("examples_per_s")
     result[f"ratio_vs_{other}"] = measure.ratio(recast_rate, rate) if rate else None
   return result
+
+
+def compare_dtypes(*, config: T5Config, batch_size: int, task_feature_lengths: Mapping[str, int],
+                   dtypes=("float32", "bfloat16"), repetitions: int = 5,
+                   torch_compile: bool = False, log=print) -> dict[str, Any]:
+  """`compare_train_step` on the CPU once per activation dtype (HF: float32, or bfloat16
+  under torch.autocast), plus recast bfloat16 over recast float32."""
+  results = {}
+  for dtype in dtypes:
+    log(f"train step, CPU ({dtype}):")
+    results[dtype] = compare_train_step(
+        config=config.replace(dtype=dtype), batch_size=batch_size,
+        task_feature_lengths=task_feature_lengths, repetitions=repetitions, device="cpu",
+        torch_compile=torch_compile, log=log)
+  rates = {d: r["systems"].get("recast", {}).get("examples_per_s") for d, r in results.items()}
+  if rates.get("float32") and rates.get("bfloat16"):
+    results["recast_bfloat16_over_float32"] = rates["bfloat16"] / rates["float32"]
+  return results
+
+
+def main(argv=None) -> int:
+  """`python -m benchmarks.train_step`: recast vs HF eager on this CPU, float32 and bf16."""
+  import argparse
+  import os
+  import sys
+
+  from benchmarks.cpu_bf16 import cpu_description
+  from benchmarks.tables import print_train_step
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.train_step",
+                                   description=main.__doc__)
+  parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--lengths", default="512/114", help="inputs/targets")
+  parser.add_argument("--repetitions", type=int, default=5)
+  parser.add_argument("--vocab_size", type=int, default=32128)
+  parser.add_argument("--torch_compile", action="store_true")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  inputs, targets = (int(x) for x in args.lengths.split("/"))
+  config = T5Config(**CPU_MODEL).with_vocab_size(args.vocab_size)
+  cpu = cpu_description()
+  print(f"{cpu['model']} ({cpu['cores']} cores; {', '.join(cpu['isa'])}); "
+        f"load {os.getloadavg()[0]:.1f}")
+  results = compare_dtypes(config=config, batch_size=args.batch_size,
+                           task_feature_lengths={"inputs": inputs, "targets": targets},
+                           dtypes=tuple(args.dtypes.split(",")), repetitions=args.repetitions,
+                           torch_compile=args.torch_compile)
+  for dtype in args.dtypes.split(","):
+    print_train_step(results[dtype])
+  if "recast_bfloat16_over_float32" in results:
+    print(f"recast bfloat16 / float32: {results['recast_bfloat16_over_float32']:.2f}x")
+  print(f"load at the end {os.getloadavg()[0]:.1f}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -8,6 +8,8 @@ follow T5X's minimal T5 (`token_embedder`, `encoder/layers_0/attention/query`, .
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import threading
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -22,7 +24,7 @@ Array = jax.Array
 _NEG_INF = -1e10
 
 FEED_FORWARDS = ("gated-gelu", "relu")
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 
 
 @gin.configurable
@@ -51,7 +53,9 @@ class T5Config:
   dtype: str = "float32"  # activation dtype; parameters are always float32.
   # "xla": attention as einsums + float32 softmax (T5X's). "cudnn": cuDNN's fused (flash)
   # attention, GPU only, bf16/fp16 activations, no attention dropout. "auto": cuDNN where
-  # it can run (a GPU, bf16/fp16, dropout off or inactive), else XLA. See `Attention`.
+  # it can run (a GPU, bf16/fp16, dropout off or inactive), else XLA. "pallas": the flash
+  # kernel of `trainer.attention_kernel` for self-attention with the relative-position bias
+  # (no attention dropout; Pallas's interpreter off a GPU), "auto" for the rest. See `Attention`.
   attention_implementation: str = "auto"
 
   def __post_init__(self):
@@ -90,23 +94,43 @@ class T5Config:
     return dataclasses.asdict(self)
 
 
+# While `init_params(grouped=True)` traces flax's init: the list its `_param` calls record
+# into (per thread: a train step may be tracing in another one).
+_INIT_RECORDING = threading.local()
+
+
 def _param(module: nn.Module, name: str, init, shape, axes):
+  calls = getattr(_INIT_RECORDING, "calls", None)
+  if calls is not None:
+    init = _recording_initializer(module, name, init, axes, calls)
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _matmul_f32_accumulate(a: Array, b: Array) -> Array:
+  """a @ b accumulated and returned in float32 by the dot, then in a @ b's dtype.
+
+  On XLA:CPU (YNNPACK dots) a bf16 x bf16 -> bf16 dot is run as a float32 dot between
+  converted copies (no bf16 units, two extra passes), while bf16 x bf16 -> float32 runs on
+  the AVX512-BF16/AMX units: 2-3x float32's speed (benchmarks/cpu_bf16.py). Same numbers
+  as `a @ b` (XLA:CPU accumulates that one in float32 too); a no-op for float32.
+  """
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(jnp.result_type(a, b))
 
 
 @jax.custom_vjp
 def _matmul_with_plain_vjp(x: Array, w: Array) -> Array:
-  return x @ w
+  return _matmul_f32_accumulate(x, w)
 
 
 def _matmul_fwd(x, w):
-  return x @ w, (x, w)
+  return _matmul_f32_accumulate(x, w), (x, w)
 
 
 def _matmul_bwd(residuals, g):
   x, w = residuals
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  return (g @ w.T).astype(x.dtype), (x2.T @ g2).astype(w.dtype)
+  return (_matmul_f32_accumulate(g, w.T).astype(x.dtype),
+          _matmul_f32_accumulate(x2.T, g2).astype(w.dtype))
 
 
 _matmul_with_plain_vjp.defvjp(_matmul_fwd, _matmul_bwd)
@@ -151,6 +175,19 @@ def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
   return bucket + jnp.where(is_small, n, large)
 
 
+@flax.struct.dataclass
+class TablePositionBias:
+  """A relative-position bias kept as its table [heads, buckets] and the int32 bucket of
+  each (query, key) [q, k], for the Pallas kernel, which never materialises the bias."""
+
+  table: Array
+  buckets: Array
+
+  def dense(self) -> Array:
+    """The materialised float32 bias [1, heads, q, k]."""
+    return jnp.take(self.table, self.buckets, axis=1)[None]
+
+
 class RelativePositionBiases(nn.Module):
   """One table of per-head biases per stack, shared by the stack's layers."""
 
@@ -160,13 +197,16 @@ class RelativePositionBiases(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
-    """query_positions: [q], key_positions: [k]. Returns float32 [1, heads, q, k]."""
+  def __call__(self, query_positions: Array, key_positions: Array, *, as_table: bool = False):
+    """query_positions: [q], key_positions: [k]. Returns float32 [1, heads, q, k], or with
+    `as_table` the table and buckets (`TablePositionBias`)."""
     table = _param(self, "rel_embedding", nn.initializers.normal(stddev=1.0),
                    (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
     buckets = relative_position_bucket(
         key_positions[None, :] - query_positions[:, None], bidirectional=self.bidirectional,
         num_buckets=self.num_buckets, max_distance=self.max_distance)
+    if as_table:
+      return TablePositionBias(table, buckets)
     values = jnp.take(table, buckets, axis=1)  # [heads, q, k]
     return values[None]
 
@@ -264,6 +304,9 @@ class Attention(nn.Module):
   `config.attention_implementation` picks the kernel: XLA's einsums with a float32
   softmax (T5X's numerics), or cuDNN's fused flash attention, which never writes the
   [b, heads, q, k] scores to memory (the position bias enters in the activation dtype).
+  "pallas" runs `trainer.attention_kernel` (Pallas flash attention that adds the bias from
+  the table and sums its gradient per bucket in the kernel) where the position bias comes as
+  a `TablePositionBias` (self-attention, not decoding), and chooses as "auto" elsewhere.
   Decoding steps (the cache, or one query position) always use XLA.
   """
 
@@ -276,15 +319,23 @@ class Attention(nn.Module):
     heads_and_kv = dense(x, kernel.astype(x.dtype).reshape(x.shape[-1], -1))
     return heads_and_kv.reshape(*x.shape[:-1], cfg.num_heads, cfg.d_kv)
 
-  def _implementation(self, query_length, key_length, has_position_bias, dropout, decode):
+  def _implementation(self, query_length, key_length, has_position_bias, dropout, decode,
+                      table_bias=False):
     cfg = self.config
     if cfg.attention_implementation == "xla" or decode or query_length == 1:
       return "xla"  # decoding steps (one query position) gain nothing from a flash kernel
+    if cfg.attention_implementation == "pallas" and table_bias:
+      if dropout:
+        raise ValueError(
+            "T5Config.attention_implementation='pallas' has no attention dropout "
+            f"(T5Config.dropout_rate={cfg.dropout_rate} and dropout is on): set "
+            "dropout_rate=0.0 or use 'xla'")
+      return "pallas"
     problem = cudnn_attention_problem(cfg, query_length=query_length, key_length=key_length,
                                       has_position_bias=has_position_bias, dropout=dropout)
     if problem is None:
       return "cudnn"
-    if cfg.attention_implementation == "cudnn":
+    if cfg.attention_implementation == "cudnn":  # ("pallas" falls back as "auto" does)
       raise ValueError(f"T5Config.attention_implementation='cudnn' can't run here: {problem}; "
                        "'auto' falls back to XLA where cuDNN can't run")
     return "xla"
@@ -293,7 +344,8 @@ class Attention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: AttentionMask,
                position_bias: Optional[Array] = None, *, enable_dropout: bool = False,
                decode: bool = False) -> Array:
-    """inputs_q: [b, q, d]; inputs_kv: [b, k, d]; position_bias: float32 [1, heads, q, k]."""
+    """inputs_q: [b, q, d]; inputs_kv: [b, k, d]; position_bias: float32 [1, heads, q, k]
+    or a `TablePositionBias`."""
     cfg = self.config
     dtype = cfg.activation_dtype
     d = inputs_q.shape[-1]
@@ -302,10 +354,20 @@ class Attention(nn.Module):
     value = self._proj("value", inputs_kv, d ** -0.5)
     if decode:
       key, value = self._update_cache(key, value)
+    table_bias = isinstance(position_bias, TablePositionBias)
     implementation = self._implementation(
         query.shape[1], key.shape[1], position_bias is not None,
-        enable_dropout and cfg.dropout_rate > 0, decode)
-    if implementation == "cudnn":
+        enable_dropout and cfg.dropout_rate > 0, decode, table_bias)
+    if table_bias and implementation != "pallas":
+      position_bias = position_bias.dense()
+    if implementation == "pallas":
+      from recast.trainer import attention_kernel
+      out = attention_kernel.relative_attention(
+          query, key, value, position_bias.table, position_bias.buckets,
+          query_mask=mask.query_mask, key_mask=mask.key_mask,
+          query_segment_ids=mask.query_segment_ids, key_segment_ids=mask.key_segment_ids,
+          causal=mask.causal).astype(dtype)
+    elif implementation == "cudnn":
       out = fused_attention(query, key, value, mask, position_bias)
     else:
       logits = jnp.einsum("bqhk,bthk->bhqt", query, key).astype(jnp.float32)
@@ -412,7 +474,8 @@ class Encoder(nn.Module):
     positions = jnp.arange(length)
     position_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        cfg.num_heads, bidirectional=True, name="relpos_bias")(positions, positions)
+        cfg.num_heads, bidirectional=True, name="relpos_bias")(
+            positions, positions, as_table=cfg.attention_implementation == "pallas")
     x = self.embedder(tokens).astype(cfg.activation_dtype)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=not enable_dropout)
     for i in range(cfg.num_encoder_layers):
@@ -446,7 +509,8 @@ class Decoder(nn.Module):
       positions = jnp.arange(length)
       self_mask = AttentionMask(target_mask, target_mask, decoder_segment_ids,
                                 decoder_segment_ids, causal=True)
-      self_position_bias = relpos(positions, positions)
+      self_position_bias = relpos(positions, positions,
+                                  as_table=cfg.attention_implementation == "pallas")
       cross_mask = AttentionMask(target_mask, encoder_mask, decoder_segment_ids,
                                  encoder_segment_ids)
     x = self.embedder(decoder_input_tokens).astype(cfg.activation_dtype)
@@ -547,15 +611,116 @@ class Transformer(nn.Module):
                        enable_dropout=enable_dropout)
 
 
+@dataclasses.dataclass(frozen=True)
+class _InitCall:
+  """One parameter initialiser call, as flax's init would make it."""
+
+  path: tuple
+  root: Any  # flax's root "params" key (the same object for every call of one init)
+  suffix: tuple  # static data flax folds into `root` for this parameter's key
+  init: Any
+  shape: tuple
+  dtype: Any
+  group: tuple  # calls of one group draw in one vmapped call
+
+
+def _initializer_fingerprint(init) -> tuple:
+  """Equal for initialisers that compute the same function (flax's `normal(0.05)` twice:
+  same code, same closure values); an initialiser that cannot be compared stands alone."""
+  cells = tuple(c.cell_contents for c in (getattr(init, "__closure__", None) or ()))
+  code = getattr(init, "__code__", None)
+  try:
+    hash(cells)
+  except TypeError:
+    code = None
+  return (id(init),) if code is None else (code, cells)
+
+
+def _recording_initializer(module: nn.Module, name: str, init, axes, calls: list):
+  """An initialiser that records the call flax makes (the static data of its key) and
+  returns zeros; `init_params` draws the recorded parameters afterwards, group by group."""
+  scope = module.scope
+
+  def record(key, shape, dtype=jnp.float32):
+    del key  # flax's key for this parameter: fold_in(root, hash(suffix)), rebuilt below
+    lazy = scope.rngs["params"]
+    shape = tuple(shape)
+    calls.append(_InitCall(
+        path=tuple(scope.path) + (name,), root=lazy.rng,
+        suffix=tuple(lazy.suffix) + (scope.rng_counters["params"],), init=init, shape=shape,
+        dtype=jnp.dtype(dtype),
+        group=(_initializer_fingerprint(init), shape, jnp.dtype(dtype), tuple(axes))))
+    return jnp.zeros(shape, dtype)
+  return record
+
+
+def _static_data_hash(data: tuple) -> int:
+  """The 32-bit integer flax's `_fold_in_static` folds into a key for `data`."""
+  m = hashlib.sha1()
+  for x in data:
+    if flax.config.flax_fix_rng_separator:
+      m.update(b"\00")
+    if isinstance(x, str):
+      m.update(x.encode("utf-8"))
+    else:
+      m.update(x.to_bytes((x.bit_length() + 7) // 8, byteorder="big"))
+  return int.from_bytes(m.digest()[:4], byteorder="big")
+
+
+def _draw_grouped(boxed, calls: list):
+  """`boxed` (flax's tree, zeros inside) with every recorded parameter drawn: all keys in
+  one vmapped fold_in, then one vmapped initialiser call per group of same-shaped
+  parameters with the same initialiser and axes. Each value equals flax's own draw (same
+  key, same function; vmap changes neither)."""
+  root = calls[0].root
+  hashes = np.array([_static_data_hash(c.suffix) for c in calls], np.uint32)
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.asarray(hashes))
+  groups: dict[tuple, list[int]] = {}
+  for i, call in enumerate(calls):
+    groups.setdefault(call.group, []).append(i)
+  values = {}
+  for members in groups.values():
+    first = calls[members[0]]
+    drawn = jax.vmap(lambda k: first.init(k, first.shape, first.dtype))(
+        keys[np.array(members)])
+    for j, i in enumerate(members):
+      values[calls[i].path] = drawn[j]
+
+  def replace(path, box):
+    return box.replace_boxed(values[tuple(k.key for k in path)])
+  return jax.tree_util.tree_map_with_path(
+      replace, boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
 def init_params(config: T5Config, rng: Array, *, batch: int = 1, input_length: int = 8,
-                target_length: int = 8):
-  """Initial parameters as a tree of `nn.LogicallyPartitioned` boxes (use `nn.unbox`)."""
+                target_length: int = 8, grouped: bool = True):
+  """Initial parameters as a tree of `nn.LogicallyPartitioned` boxes (use `nn.unbox`).
+
+  grouped: draw the parameters in one vmapped call per group of same-shaped ones (about a
+    dozen groups for any T5) instead of flax's one random draw per parameter (282 for
+    T5.1.1-base). Same values (each parameter's own flax key and initialiser), but XLA
+    compiles a program whose size no longer grows with the layer count
+    (`python -m benchmarks.init_compile`). Applies under a trace (jit, eval_shape);
+    called eagerly, and with `grouped=False`, this is flax's own `model.init`.
+  """
   if config.vocab_size is None:
     raise ValueError("T5Config.vocab_size is unset: call config.with_vocab_size(vocab size)")
   model = Transformer(config)
   enc = jnp.ones((batch, input_length), jnp.int32)
   dec = jnp.ones((batch, target_length), jnp.int32)
-  return model.init(rng, enc, dec, dec)["params"]
+  if not grouped or not isinstance(rng, jax.core.Tracer):
+    # Called eagerly, op by op, flax's own init is the quicker one (every grouped op
+    # would compile on its own).
+    return model.init(rng, enc, dec, dec)["params"]
+  calls: list = []
+  _INIT_RECORDING.calls = calls
+  try:
+    boxed = model.init(rng, enc, dec, dec)["params"]
+  finally:
+    _INIT_RECORDING.calls = None
+  if not calls or any(c.root is not calls[0].root for c in calls):
+    return model.init(rng, enc, dec, dec)["params"]  # keys not all from one root: flax's way
+  return _draw_grouped(boxed, calls)
 
 
 def param_count(config: T5Config) -> int:

@@ -4,6 +4,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -249,3 +250,63 @@ def test_decoding_steps_use_xla_attention(fused_attention_on_cpu):
   full = network.Transformer(TINY.replace(attention_implementation="xla")).apply(
       {"params": params}, enc, dec_in, jnp.ones_like(dec_in))
   np.testing.assert_allclose(logits[:, 0], full[:, 0], atol=1e-5)
+
+
+
+def _random_draws(config, grouped):
+  """random_bits calls in the traced init program (into nested jaxprs: every call counts)."""
+  def count(jaxpr):
+    n = 0
+    for eqn in jaxpr.eqns:
+      n += eqn.primitive.name == "random_bits"
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        n += count(sub)
+    return n
+  return count(jax.make_jaxpr(lambda r: network.init_params(config, r, grouped=grouped))(
+      jax.random.PRNGKey(0)).jaxpr)
+
+
+def test_grouped_init_gives_flax_values_in_one_draw_per_group():
+  small = TINY.replace(num_encoder_layers=1, num_decoder_layers=1)
+  # Both compiled alike, with XLA's cheapest backend settings (seconds, not tens of them).
+  cheap = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+  init = lambda grouped: jax.jit(lambda r: nn.unbox(network.init_params(
+      small, r, grouped=grouped))).lower(jax.random.PRNGKey(3)).compile(cheap)(
+          jax.random.PRNGKey(3))
+  grouped, flax_own = init(True), init(False)
+  assert jax.tree_util.tree_structure(grouped) == jax.tree_util.tree_structure(flax_own)
+  for a, b in zip(jax.tree_util.tree_leaves(grouped), jax.tree_util.tree_leaves(flax_own)):
+    np.testing.assert_array_equal(a, b)
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  names = lambda tree: [b.names for b in jax.tree_util.tree_leaves(tree, is_leaf=is_box)]
+  boxed = lambda grouped: jax.eval_shape(  # traced: the grouped path runs
+      lambda r: network.init_params(TINY, r, grouped=grouped), jax.random.PRNGKey(3))
+  assert names(boxed(True)) == names(boxed(False))
+  # One draw per group: twice the layers, as many draws (flax's own: one per tensor).
+  deeper = TINY.replace(num_encoder_layers=4, num_decoder_layers=4)
+  assert _random_draws(deeper, True) == _random_draws(TINY, True) == 8
+  assert _random_draws(TINY, False) == 40 and _random_draws(deeper, False) == 76
+
+
+def test_cpu_dense_multiplies_bf16_into_float32():
+  # bf16 x bf16 dots ask XLA:CPU for float32 results (its bf16-unit path); the values are
+  # the float32 products rounded once, forward and backward.
+  rs = np.random.RandomState(0)
+  x = jnp.asarray(rs.randn(2, 3, 16), jnp.bfloat16)
+  w = jnp.asarray(rs.randn(16, 8), jnp.bfloat16)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: network.dense(x, w).astype(
+      jnp.float32).sum(), argnums=(0, 1)))(x, w))
+  if jax.default_backend() == "cpu":
+    assert jaxpr.count("preferred_element_type=float32") == 3  # forward, two gradients
+  y = network.dense(x, w)
+  assert y.dtype == jnp.bfloat16
+  x32, w32 = np.asarray(x, np.float32), np.asarray(w, np.float32)
+  np.testing.assert_allclose(np.asarray(y, np.float32),
+                             np.asarray(jnp.asarray(x32 @ w32, jnp.bfloat16), np.float32),
+                             rtol=1e-2, atol=1e-2)
+  gx, gw = jax.grad(lambda x, w: (network.dense(x, w).astype(jnp.float32) ** 2).sum(),
+                    argnums=(0, 1))(x, w)
+  ex, ew = jax.grad(lambda x, w: ((x @ w) ** 2).sum(), argnums=(0, 1))(x32, w32)
+  np.testing.assert_allclose(np.asarray(gx, np.float32), ex, rtol=3e-2, atol=0.2)
+  np.testing.assert_allclose(np.asarray(gw, np.float32), ew, rtol=3e-2, atol=0.2)
+  assert gx.dtype == gw.dtype == jnp.bfloat16

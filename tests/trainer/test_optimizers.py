@@ -1,6 +1,7 @@
 """Schedules, Adafactor (T5X defaults), AdamW and gradient clipping against hand-computed values."""
 
 import gin
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -145,3 +146,45 @@ def test_default_is_adafactor_with_rsqrt_and_gin_selects_adamw():
   assert float(opt.learning_rate_schedule(123)) == pytest.approx(0.5)
   new, _ = _step(opt, {"w": jnp.array([2.0])}, {"w": jnp.array([0.0])})
   np.testing.assert_allclose(new["w"], [2.0 - 0.5 * 0.1 * 2.0], rtol=1e-6)  # decay only
+
+
+def _tree_of_same_shapes(seed):
+  """Two layers of same-named, same-shaped tensors (factored and not), plus loners."""
+  rs = np.random.RandomState(seed)
+  draw = lambda *shape: jnp.asarray(rs.randn(*shape).astype(np.float32))
+  layer = lambda: {"query": draw(128, 160), "out": draw(160, 128), "wi": draw(8, 130),
+                   "scale": draw(16)}
+  return {"layers_0": layer(), "layers_1": layer(), "layers_2": layer(),
+          "embedding": draw(300, 128), "rel": draw(32, 4)}
+
+
+@pytest.mark.parametrize("settings", [
+    dict(learning_rate_schedule=0.01),
+    dict(learning_rate_schedule=optimizers.rsqrt_schedule(warmup_steps=2), max_grad_norm=5.0),
+])
+def test_stacked_adafactor_equals_optax_over_steps(settings):
+  stacked = optimizers.create_optimizer(
+      optimizer_def=lambda s: optimizers.adafactor(s, stacked=True), **settings)
+  reference = optimizers.create_optimizer(
+      optimizer_def=lambda s: optimizers.adafactor(s, stacked=False), **settings)
+  params = _tree_of_same_shapes(0)
+  states = {"stacked": stacked.init(params), "reference": reference.init(params)}
+  assert (jax.tree_util.tree_structure(states["stacked"])
+          == jax.tree_util.tree_structure(states["reference"]))
+  news = {name: params for name in states}
+  update = {name: jax.jit(opt.update) for name, opt in (("stacked", stacked),
+                                                         ("reference", reference))}
+  for step in range(4):
+    grads = jax.tree_util.tree_map(lambda x: x * (step + 1.0),
+                                   _tree_of_same_shapes(step + 1))
+    for name in states:
+      updates, states[name] = update[name](grads, states[name], news[name])
+      news[name] = optax.apply_updates(news[name], updates)
+    flat_a = jax.tree_util.tree_leaves(news["stacked"])
+    flat_b = jax.tree_util.tree_leaves(news["reference"])
+    for a, b in zip(flat_a, flat_b):
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    for a, b in zip(jax.tree_util.tree_leaves(states["stacked"]),
+                    jax.tree_util.tree_leaves(states["reference"])):
+      np.testing.assert_allclose(a, b, rtol=2e-6, atol=0)
+  assert float(jnp.max(jnp.abs(news["stacked"]["layers_1"]["query"] - params["layers_1"]["query"]))) > 0
