@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from recast import errors
 
-LOG_FILE = "train.log"  # in each run's MODEL_DIR
+LOG_FILE = "output.log"  # in each run's MODEL_DIR: the process's stdout + stderr (train.log is its own)
 GPU_MEMORY_FRACTION = 0.9
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 20
@@ -34,7 +34,9 @@ PARALLEL = ("auto", "ray", "sequential")
 
 
 class TrainProcessError(errors.UserError):
-  """A `recast train` process exited with an error; the message ends with its log's tail."""
+  """A `recast train` process exited with an error; the message ends with its log's tail.
+  `returncode`: its exit status (negative: killed by that signal)."""
+  returncode: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,8 +154,10 @@ def run_train_process(command: Sequence[str], *, log_file: str | os.PathLike,
         proc.wait()
   if returncode != 0:
     tail = log_file.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    raise TrainProcessError(f"{what} exited with {returncode}; {log_file} ends with:\n" +
-                            "\n".join(tail))
+    error = TrainProcessError(f"{what} exited with {returncode}; {log_file} ends with:\n" +
+                              "\n".join(tail))
+    error.returncode = returncode
+    raise error
 
 
 # ------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ import gin
 import yaml
 
 from recast import atomic_files, errors, gin_config, metrics_writer, run_lock
-from recast.jobs import launcher, report
+from recast.jobs import launcher, multihost, report
 from recast.mixtures import lookup
 from recast.tasks import task_files
 from recast.trainer import checkpoints, train
@@ -73,6 +73,8 @@ SPEC_KEYS = {
     "baseline": "{axis: value}: the row the recycling table measures gains against",
     "metric": "the per-task metric of the recycling table (default accuracy)",
     "env": "{VAR: value} environment of every trial process",
+    "launch": "{num_hosts: N, gpus_per_host: N, ...}: each trial is one job over N hosts "
+              "(recast.jobs.multihost; resources_per_trial is then unused)",
 }
 GIN_FILE_AXIS = "gin_file"
 TASK_AXES = ("MIXTURE_OR_TASK_NAME", "train.mixture_or_task_name")
@@ -130,6 +132,7 @@ class SweepSpec:
   metric: str
   env: dict
   cwd: str
+  launch: Optional[multihost.LaunchSpec] = None  # each trial a multi-host job
 
   @property
   def experiment_dir(self) -> Path:
@@ -155,7 +158,7 @@ class SweepSpec:
     for index, (point, combo) in enumerate(itertools.product(self.points or ({},), combos)):
       values = {**point, **combo}
       values = {axis: values[axis] for axis in self.axis_names if axis in values}
-      name = _trial_name(index, values)
+      name = trial_name(index, values)
       model_dir = str(self.experiment_dir / "runs" / name)
       gin_files = self.gin_files
       if GIN_FILE_AXIS in values:  # The model file first, as T5X orders them.
@@ -184,7 +187,7 @@ def _is_seed_axis(axis: str) -> bool:
   return axis.split(".")[-1].lower() == "seed"
 
 
-def _trial_name(index: int, point: Mapping[str, Any]) -> str:
+def trial_name(index: int, point: Mapping[str, Any]) -> str:
   """`003_LEARNING_RATE=0.001,SEED=1`: stable for a spec, safe as a folder name."""
   parts = [f"{axis.split('.')[-1]}={_short_value(v)}" for axis, v in point.items()]
   text = re.sub(r"[^A-Za-z0-9._=,+-]+", "-", ",".join(parts))[:120]
@@ -225,6 +228,17 @@ def load_spec(path: str | os.PathLike, *, extra_gin_files: Sequence[str] = (),
     raw = yaml.safe_load(path.read_text()) or {}
   except yaml.YAMLError as e:
     raise SweepSpecError(f"{path} is not valid YAML: {e}") from None
+  return parse_spec(raw, path, extra_gin_files=extra_gin_files, extra_bindings=extra_bindings,
+                    extra_tasks_files=extra_tasks_files, extra_search_paths=extra_search_paths,
+                    cwd=cwd)
+
+
+def parse_spec(raw: Any, path: Path, *, extra_gin_files: Sequence[str] = (),
+               extra_bindings: Sequence[str] = (), extra_tasks_files: Sequence[str] = (),
+               extra_search_paths: Sequence[str] = (), cwd: Optional[str] = None) -> SweepSpec:
+  """`load_spec` of an already read spec mapping `raw` (recast.jobs.study's stages);
+  `path` names it in errors and gives the default name."""
+  cwd = cwd or os.getcwd()
   if not isinstance(raw, dict):
     raise SweepSpecError(f"{path}: a sweep spec is a YAML mapping with keys "
                          f"{', '.join(SPEC_KEYS)}")
@@ -314,9 +328,33 @@ def load_spec(path: str | os.PathLike, *, extra_gin_files: Sequence[str] = (),
       max_concurrent_trials=concurrent, max_failures=failures,
       storage_path=_resolve_path(raw.get("storage_path") or "sweeps", cwd),
       baseline=mapping("baseline") or None, metric=str(raw.get("metric") or "accuracy"),
-      env=env, cwd=cwd)
+      env=env, cwd=cwd, launch=_launch(raw.get("launch"), path))
   _check_baseline(spec, path)
   return spec
+
+
+def _launch(block: Any, path: Path) -> Optional[multihost.LaunchSpec]:
+  """The spec's `launch:` block (multihost.LAUNCH_KEYS); None without one."""
+  if block is None:
+    return None
+  if not isinstance(block, dict):
+    raise SweepSpecError(f"{path}: launch must be a mapping, e.g. "
+                         "{num_hosts: 2, gpus_per_host: 8}")
+  try:
+    return multihost.launch_spec(block, where=f"{path}: launch")
+  except multihost.MultihostError as e:
+    raise SweepSpecError(str(e) if str(e).startswith(str(path)) else
+                         f"{path}: launch: {e}") from None
+
+
+def trial_resources(spec: SweepSpec) -> Any:
+  """What Tune reserves per trial: resources_per_trial, or with a `launch:` block one
+  placement group of num_hosts bundles (all or none), the trial's driver in no bundle."""
+  if spec.launch is None:
+    return dict(spec.resources)
+  from ray import tune
+  return tune.PlacementGroupFactory([{}] + [spec.launch.bundle()] * spec.launch.num_hosts,
+                                    strategy=spec.launch.placement_strategy)
 
 
 def _check_baseline(spec: SweepSpec, path: Path) -> None:
@@ -435,12 +473,17 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
       reported.update(new_steps)
 
   command = launcher.on_this_node(run["command"])
-  launcher.run_train_process(
-      command, log_file=model_dir / LOG_FILE, env=env,
-      cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
-      header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
-      what=f"recast train for {trial['name']}", on_poll=report_progress,
-      die_with_parent=True)
+  if run.get("launch"):  # one job over the hosts of the trial's placement group
+    multihost.run_job(command, model_dir=model_dir, spec=multihost.LaunchSpec(**run["launch"]),
+                      env=run["env"], cwd=run["cwd"], on_poll=report_progress,
+                      placement=(ray.util.get_current_placement_group(), 0))
+  else:
+    launcher.run_train_process(
+        command, log_file=model_dir / LOG_FILE, env=env,
+        cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
+        header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
+        what=f"recast train for {trial['name']}", on_poll=report_progress,
+        die_with_parent=True)
   summary = summarize_metrics(metrics_writer.read_metrics(model_dir))
   atomic_files.write_json(model_dir / DONE_FILE, {
       "trial": trial["name"], "point": trial["point"], "finished": time.time(),
@@ -475,13 +518,14 @@ class SweepOutcome:
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] = None,
               num_cpus: Optional[int] = None, num_gpus: Optional[float] = None,
-              verbose: int = 1) -> SweepOutcome:
+              verbose: int = 1, trials: Optional[Sequence[Trial]] = None) -> SweepOutcome:
   """Validates every trial, runs those not done on Ray Tune, writes the results tables.
 
   Uses the running Ray when `ray.is_initialized()`, else joins `address`, else starts a
-  local Ray (no dashboard; `num_cpus`/`num_gpus` override detection).
+  local Ray (no dashboard; `num_cpus`/`num_gpus` override detection). `trials`: these
+  instead of `spec.trials()` (recast.jobs.study's, with bindings resolved per run).
   """
-  trials = spec.trials()
+  trials = list(trials) if trials is not None else spec.trials()
   validate_trials(spec, trials)
   experiment_dir = spec.experiment_dir
   _check_experiment_dir(spec, trials, resume=resume)
@@ -534,11 +578,12 @@ def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
   launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
   tune_dir = spec.experiment_dir / "tune"
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
-  run = {"env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd}
+  run = {"env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd,
+         "launch": dataclasses.asdict(spec.launch) if spec.launch else None}
   runs = {t.name: {"trial": dataclasses.asdict(t),
                    "run": {**run, "command": t.train_command(spec)}} for t in trials}
   tuner = tune.Tuner(
-      tune.with_resources(tune.with_parameters(run_trial, runs=runs), dict(spec.resources)),
+      tune.with_resources(tune.with_parameters(run_trial, runs=runs), trial_resources(spec)),
       param_space={"trial": tune.grid_search([t.name for t in trials])},
       tune_config=tune.TuneConfig(
           max_concurrent_trials=spec.max_concurrent_trials,

@@ -29,6 +29,9 @@ from typing import Iterator, Optional
 from recast import errors
 
 LOCK_FILE = ".recast.lock"
+# Set by a multi-host job's driver (recast.jobs.multihost) in its workers' environment to
+# the MODEL_DIR whose lock it holds: the workers neither check nor take that lock.
+JOB_LOCK_ENV = "RECAST_JOB_LOCK"
 
 
 class RunLockError(errors.UserError):
@@ -64,6 +67,13 @@ def _try_lock(fd: int) -> bool:
     raise
 
 
+def held_by_job(folder: str | os.PathLike) -> bool:
+  """Whether this process is a worker of a job whose driver holds `folder`'s lock
+  (JOB_LOCK_ENV names that folder)."""
+  held = os.environ.get(JOB_LOCK_ENV)
+  return bool(held) and Path(held).resolve() == Path(folder).resolve()
+
+
 def _busy_error(folder: Path, holder: Optional[dict], what: str) -> RunLockError:
   by = _describe(holder) if holder else "another process"
   return RunLockError(f"{folder} is in use by {by}; wait for it to finish or stop it, or "
@@ -74,7 +84,7 @@ def check_free(folder: str | os.PathLike, *, what: str = "MODEL_DIR") -> None:
   """Raises RunLockError when a live process holds `folder`'s lock; creates nothing (a
   run calls this first, so a second writer fails before any slow validation)."""
   path = Path(folder) / LOCK_FILE
-  if not path.is_file():
+  if not path.is_file() or held_by_job(folder):
     return
   fd = os.open(path, os.O_RDONLY)
   try:
@@ -89,8 +99,9 @@ def hold(folder: str | os.PathLike, *, what: str = "MODEL_DIR",
          enabled: bool = True) -> Iterator[None]:
   """Holds `folder`'s lock inside the block (creating the folder); RunLockError at once when
   a live process holds it. `enabled=False` (processes other than 0 of a multi-process run:
-  the job holds the lock, not each worker) holds nothing."""
-  if not enabled:
+  the job holds the lock, not each worker) holds nothing, and so does a worker of a job
+  whose driver holds it (`held_by_job`)."""
+  if not enabled or held_by_job(folder):
     yield
     return
   folder = Path(folder)

@@ -159,11 +159,13 @@ class Partitioner:
     Assumes the model axis stays inside a process (num_partitions <= local devices), so
     every process holds whole, distinct data shards: the usual multi-host layout.
     """
+    num_processes = jax.process_count()
     if global_batch_size % self.num_data_shards:
+      where = (f" ({num_processes} processes x {jax.local_device_count()} devices)"
+               if num_processes > 1 else "")
       raise PartitioningError(
           f"BATCH_SIZE={global_batch_size} does not split over {self.num_data_shards} "
-          f"data-parallel devices; use a multiple of {self.num_data_shards}")
-    num_processes = jax.process_count()
+          f"data-parallel devices{where}; use a multiple of {self.num_data_shards}")
     return DataLayout(batch_size=global_batch_size // num_processes,
                       shard_id=jax.process_index(), num_shards=num_processes)
 
