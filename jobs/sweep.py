@@ -722,7 +722,7 @@ def recycling_rows(records: Sequence[Mapping[str, Any]], *, row_axes: Sequence[s
     for key, value in r["final"].items():
       split, _, rest = key.partition("/")
       task, _, name = rest.rpartition("/")
-      if split == "validation" and task and name == metric:
+      if split == "validation" and task and task != report.AVERAGE and name == metric:
         scores.setdefault(row, {}).setdefault(task, []).append(value)
   base_row = next((row for row, p in points.items()
                    if all(p.get(a) == v for a, v in baseline.items())), None)

@@ -290,9 +290,11 @@ def test_summary_takes_the_last_value_and_the_best_in_the_right_direction():
   # Evaluation columns and their average come from trainer.report's tables.
   assert sweep.summarize_metrics(rows) == {
       "step": 4, "final": {"train/loss": 2.0, "validation/rte/accuracy": 0.6,
-                           "validation/cb/accuracy": 0.8, "validation/average": 0.7},
+                           "validation/cb/accuracy": 0.8, "validation/average": 0.7,
+                           "validation/average/accuracy": 0.7},
       "best": {"train/loss": 1.0, "validation/rte/accuracy": 0.7,
-               "validation/cb/accuracy": 0.8, "validation/average": 0.75}}
+               "validation/cb/accuracy": 0.8, "validation/average": 0.75,
+               "validation/average/accuracy": 0.75}}
 
 
 def test_trial_environment_gives_jax_its_gpu_share():
