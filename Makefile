@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recast-installed
-PYTEST_ARGS ?=
+# Two workers (one per core of the 2-core CI box); each test file runs whole in one worker,
+# so module fixtures (a trained toy run, a Ray session) are built once.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export RAY_USAGE_STATS_ENABLED ?= 0

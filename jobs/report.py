@@ -387,9 +387,9 @@ def markdown_report(tables: Mapping[str, Table], *, runs: Mapping[str, Path],
             tables["best"].to_markdown(with_steps=True)]
   notes = []
   if any(c == AVERAGE for c in tables["final"].columns):
-    notes.append(f"`{AVERAGE}`: each task's mean metric, averaged over tasks (T5's GLUE-style "
-                 f"average; it mixes metrics). `{AVERAGE}/<metric>`: one metric averaged over "
-                 "the tasks that report it.")
+    notes.append(f"`{AVERAGE}`: each task's mean decoded metric (rank_* metrics left out), "
+                 "averaged over tasks (T5's GLUE-style average; it mixes metrics). "
+                 f"`{AVERAGE}/<metric>`: one metric averaged over the tasks that report it.")
   if tables["final"].baseline:
     notes.append(f"`{MAJORITY_ROW}`: every validation example predicted as the split's most "
                  "common label, scored with the task's metrics (label tasks only).")
@@ -434,6 +434,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
   """`recast report MODEL_DIR... [--out DIR]`: prints the final table, writes the report."""
+  from recast.jobs import study_report  # a study folder: the study's report
+  if len(args.model_dirs) == 1 and study_report.is_study_dir(args.model_dirs[0]):
+    out = study_report.write_study_report(args.model_dirs[0], out_dir=args.out,
+                                          plots=not args.no_plots)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} (summary.csv, curves_<task>.png)")
+    return 0
   out = Path(args.out) if args.out else (
       Path(args.model_dirs[0]) / "report" if len(args.model_dirs) == 1 else Path("report"))
   tables = write_report(args.model_dirs, out_dir=out, split=args.split,

@@ -85,6 +85,10 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated folders searched for gin files and includes")
   parser.add_argument("--tasks_file", action="append", default=[], metavar="YAML",
                       help="declarative task file to register before running (repeatable)")
+  parser.epilog = ("--gin.NAME=VALUE (repeatable, anywhere on the line) binds a gin macro or "
+                   "configurable parameter, as in T5X: --gin.TRAIN_STEPS=1000, "
+                   "--gin.MODEL_DIR=/tmp/run, "
+                   "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 114}\"")
 
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:

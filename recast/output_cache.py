@@ -7,8 +7,9 @@ recast's own files, the files named on the command line and the environment, so 
 run's output is kept under the recast cache dir (RECAST_CACHE_DIR or ~/.cache/recast,
 `output/`) under a key of all of those, and a later identical command prints it in a
 fraction of a second. Any change to a recast source file, a gin or task file named on the
-command line (or a file beside a task file), the interpreter, the working directory or a
-RECAST_/TFDS_/JAX_/TF_ variable is a new key. Only runs that exit 0 are kept.
+command line (for a task file, also the data files its tasks name), the interpreter, the
+working directory or a RECAST_/TFDS_/JAX_/TF_ variable is a new key; `./f.yaml` and `f.yaml`
+are one file. Only runs that exit 0 are kept.
 
     code = output_cache.run(["tasks", "list"], real_main)   # real_main(argv) -> int
 """
@@ -80,8 +81,25 @@ def _named_files(argv: Sequence[str]) -> list[list]:
     path = path.resolve()
     out.append(_stat(path))
     if path.suffix in (".yaml", ".yml"):
-      out += [_stat(p) for p in _files_beside(path.parent)]
+      data = _task_file_data(path)
+      out += [_stat(p) for p in (data if data is not None else _files_beside(path.parent))]
   return out
+
+
+def _task_file_data(path: Path) -> Optional[list[Path]]:
+  """The data files a task file names (its tasks' `files:`), or None when it can't be read
+  as one (then every file beside it counts)."""
+  try:
+    import yaml  # light, and only for task files
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    found = []
+    for task in spec.get("tasks") or []:
+      files = task.get("files") or {}
+      for value in (files.values() if isinstance(files, dict) else [files]):
+        found.append((path.parent / str(value)).resolve())
+    return sorted(found)
+  except Exception:  # noqa: BLE001  (any oddity: fall back to the folder)
+    return None
 
 
 def _files_beside(folder: Path, depth: int = 2) -> list[Path]:
@@ -97,6 +115,14 @@ def _files_beside(folder: Path, depth: int = 2) -> list[Path]:
   return found[:_MAX_FILES_BESIDE]
 
 
+def _normalised(arg: str) -> str:
+  """An argument naming an existing file, as its resolved path (`./f.yaml` = `f.yaml`)."""
+  flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+  if value and Path(value).expanduser().is_file():
+    return f"{flag}{eq}{Path(value).expanduser().resolve()}"
+  return arg
+
+
 def key(argv: Sequence[str]) -> str:
   """The cache key of running `recast *argv` here and now."""
   sources = []
@@ -105,7 +131,7 @@ def key(argv: Sequence[str]) -> str:
       subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
       sources += [_stat(Path(root) / f) for f in sorted(files) if f.endswith(_SOURCE_SUFFIXES)]
   material = {
-      "argv": list(argv), "cwd": os.getcwd(), "python": [sys.executable, sys.version],
+      "argv": [_normalised(a) for a in argv], "cwd": os.getcwd(), "python": [sys.executable, sys.version],
       "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)),
       "sources": sources, "named": _named_files(argv)}
   return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

@@ -180,7 +180,8 @@ class BestMetric:
       return
     value = float(results[self.key[0]][self.key[1]])
     lower = self.key[1] == "loss"
-    if self.best is None or (value < self.best[0] if lower else value > self.best[0]):
+    # Ties go to the later step (more training; and the one a final checkpoint holds).
+    if self.best is None or (value <= self.best[0] if lower else value >= self.best[0]):
       self.best = (value, step)
 
   def describe(self, kept_steps: Sequence[int]) -> Optional[str]:
@@ -401,7 +402,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           jax.block_until_ready(metrics)
           compiled = getattr(train_step, "compile_seconds", None)
           log(f"first step done {seconds_since_start():.1f} s after start (state ready at "
-              f"{state_ready:.1f} s" + (f"; train step compiled in {compiled:.1f} s"
+              f"{state_ready:.1f} s" + (f"; the train step's compilation, overlapping "
+                                        f"that, took {compiled:.1f} s"
                                         if compiled is not None else "") + ")")
           if is_chief:
             gin_config.write_config_files(model_dir, operative=True)
@@ -418,7 +420,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
           writer.write(step, "train", "", summary)
           window = []
         if eval_due:  # before the checkpoint: a run killed while evaluating redoes the step
-          results = _evaluate(evaluator, state.params, step=step, writer=writer)
+          results = _evaluate(evaluator, state.params, step=step, writer=writer, log=log)
           for line in format_eval(step, results, mixture=best.name):
             log(line)
           best.update(step, results)
@@ -430,7 +432,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       wall = time.perf_counter() - loop_start
       steps_run = train_steps - start_step
       done = (f"done: steps {start_step} -> {train_steps} in {_clock(wall)} "
-              f"({steps_run / max(wall, 1e-9):.2f} steps/s, "
+              f"({_clock(seconds_since_start())} since start; "
+              f"{steps_run / max(wall, 1e-9):.2f} steps/s, "
               f"{examples_seen / max(wall, 1e-9):.1f} examples/s)")
       described = best.describe(manager.all_steps())
       log(done + (f"; {described}" if described else "") + f"; log {log.path}")
@@ -490,13 +493,16 @@ def _make_evaluator(*, model_dir: Path, config: T5Config, partitioner: Any,
       config=config, partitioner=partitioner, model_dir=model_dir, use_cached=use_cached)
 
 
-def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.MetricsWriter
-              ) -> dict[str, dict[str, float]]:
+def _evaluate(evaluator, params: Any, *, step: int, writer: metrics_writer.MetricsWriter,
+              log: Optional[Callable[[str], None]] = None) -> dict[str, dict[str, float]]:
   if evaluator is None:
     return {}
   if not evaluator.baseline_written:  # once per process: rows at step 0 are kept on resume
     for task_name, values in evaluator.majority_baseline().items():
       writer.write(0, metrics_writer.BASELINE_SPLIT, task_name, values)
+      if log is not None:
+        log(f"majority-class baseline {task_name}: " + " ".join(
+            f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("rank_")))
     evaluator.baseline_written = True
   results = evaluator.evaluate(params, step=step)
   for task_name, values in results.items():

@@ -50,7 +50,8 @@ def test_second_run_replays_the_first(cache, frozen_sources, capsys):
 def test_a_changed_named_file_or_a_failure_is_run_again(cache, frozen_sources, tmp_path,
                                                         capsys):
   task_file = tmp_path / "tasks.yaml"
-  task_file.write_text("tasks: []\n")
+  task_file.write_text("tasks:\n  - {name: t, files: {train: train.jsonl}}\n")
+  (tmp_path / "train.jsonl").write_text("{}\n")
   calls = []
 
   def real_main(argv):
@@ -60,10 +61,13 @@ def test_a_changed_named_file_or_a_failure_is_run_again(cache, frozen_sources, t
 
   argv = ["tasks", "list", f"--tasks_file={task_file}"]
   output_cache.run(argv, real_main)
-  (tmp_path / "train.jsonl").write_text("{}\n")  # a data file beside the task file
+  (tmp_path / "listing.txt").write_text("an output file beside: not part of the key\n")
+  output_cache.run(["tasks", "list", "--tasks_file=./tasks.yaml"], real_main)  # same file
+  assert len(calls) == 1
+  (tmp_path / "train.jsonl").write_text("{}\n{}\n")  # the data the task file names
   output_cache.run(argv, real_main)
   assert len(calls) == 2
-  task_file.write_text("tasks: [] # edited, another size\n")
+  task_file.write_text("tasks:\n  - {name: t, files: {train: train.jsonl}}  # edited\n")
   assert output_cache.run(argv, real_main) == 2  # failures are not kept...
   assert output_cache.run(argv, real_main) == 0  # ...so this one runs too
   assert output_cache.run(argv, real_main) == 0  # and this one is replayed

@@ -260,13 +260,14 @@ def test_console_and_train_log_say_how_the_run_went(toy_task, overfit_run):
   assert "batch 64, steps to 150" in lines[0]
   first = [l for l in lines if l.startswith("first step done")]
   assert len(first) == 1 and re.fullmatch(
-      r"first step done [0-9.]+ s after start \(state ready at [0-9.]+ s; train step "
-      r"compiled in [0-9.]+ s\)", first[0])
+      r"first step done [0-9.]+ s after start \(state ready at [0-9.]+ s; the train step's "
+      r"compilation, overlapping that, took [0-9.]+ s\)", first[0])
   assert lines.index(first[0]) < lines.index(next(l for l in lines if l.startswith("step 50/")))
   evals = [l for l in lines if l.startswith("eval step")]
   assert evals == [l for l in evals if l.startswith(f"eval step 150 {toy_task}: ")]
   assert len(evals) == 1 and "accuracy 100" in evals[0] and "token_accuracy 1" in evals[0]
   assert f"saved {model_dir}/checkpoint_150" in lines
+  assert any(l.startswith(f"majority-class baseline {toy_task}: accuracy ") for l in lines)
   done = lines[-1]
   assert done.startswith("done: steps 0 -> 150 in ")
   assert f"best {toy_task}/accuracy 100 at step 150 (checkpoint_150)" in done
