@@ -7,8 +7,11 @@ leaves no half-made MODEL_DIR; each error names the macro and a value that works
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+import gin
 
 from recast import errors
 
@@ -93,3 +96,61 @@ def _check_feature_lengths(lengths: Any) -> None:
     raise RunValueError(f"TASK_FEATURE_LENGTHS={dict(lengths)!r}: "
                         f"{', '.join(repr(k) for k in bad)} must be a positive number of "
                         f"tokens, e.g. {example}")
+
+
+@gin.configurable
+def fraction_of_steps(steps: int = gin.REQUIRED, fraction: float = gin.REQUIRED) -> int:
+  """round(steps * fraction), at least 1: a warmup that scales with the run's length.
+
+  gin: `WARMUP_STEPS = @fraction_of_steps()`, `fraction_of_steps.steps = %PRETRAIN_STEPS`,
+  `fraction_of_steps.fraction = 0.05` (experiments/self_pretraining.gin).
+
+  >>> fraction_of_steps(20000, 0.05), fraction_of_steps(300, 0.05)
+  (1000, 15)
+  """
+  _check_count("fraction_of_steps.steps", steps, minimum=1, unit="steps", example="20000")
+  if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    raise RunValueError(f"fraction_of_steps.fraction={fraction!r}: use a fraction of the run "
+                        "in (0, 1], e.g. --gin.WARMUP_FRACTION=0.05")
+  return max(1, int(round(steps * fraction)))
+
+
+def resolve_gin_value(value: Any) -> Any:
+  """A gin value as the configurable receives it (macros and @refs() followed)."""
+  for _ in range(16):
+    if not isinstance(value, gin.config.ConfigurableReference):
+      return value
+    value = value.scoped_configurable_fn() if value.evaluate else value
+    if isinstance(value, gin.config.ConfigurableReference) and not value.evaluate:
+      return value
+  return value
+
+
+def check_schedule(*, train_steps: Any, warmup_steps: Any = None, initial_step: int = 0,
+                   out: Any = None) -> Optional[str]:
+  """Warns (on stderr; returns the message) when the warmup covers the whole run.
+
+  T5X's rsqrt schedule is LEARNING_RATE / sqrt(max(step, WARMUP_STEPS)): with WARMUP_STEPS
+  >= TRAIN_STEPS the rate stays flat at LEARNING_RATE / sqrt(WARMUP_STEPS) for every step
+  (e.g. 0.0316 for 1000), not the decaying schedule the settings were tuned for; that
+  happens when a run is shortened and its warmup is not. `warmup_steps`: default the
+  value bound to `rsqrt_schedule.warmup_steps` (None when the run's gin does not bind it,
+  e.g. a constant fine-tuning rate: nothing to check).
+
+  >>> check_schedule(train_steps=600, warmup_steps=1000, out=io.StringIO())  # doctest: +SKIP
+  'WARMUP_STEPS=1000 >= TRAIN_STEPS=600: ...'
+  """
+  if warmup_steps is None:
+    try:
+      warmup_steps = gin.query_parameter("rsqrt_schedule.warmup_steps")
+    except (ValueError, KeyError):
+      return None
+  warmup_steps, train_steps = resolve_gin_value(warmup_steps), resolve_gin_value(train_steps)
+  if not (_is_int(warmup_steps) and _is_int(train_steps)) or warmup_steps < train_steps:
+    return None
+  message = (f"WARMUP_STEPS={warmup_steps} >= TRAIN_STEPS={train_steps}: the rsqrt learning "
+             f"rate stays flat at LEARNING_RATE/sqrt({warmup_steps}) for the whole run "
+             f"(from step {initial_step}); shorten the warmup with the run, e.g. "
+             f"--gin.WARMUP_STEPS={max(1, train_steps // 10)}")
+  print(f"warning: {message}", file=out or sys.stderr, flush=True)
+  return message

@@ -265,6 +265,8 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                               task_feature_lengths=task_feature_lengths,
                               eval_period=eval_period, checkpoint_period=checkpoint_period)
   run_values.check_writable(model_dir)
+  if jax.process_index() == 0:
+    run_values.check_schedule(train_steps=train_steps)  # a warmup as long as the run
   task = lookup.get_mixture_or_task(mixture_or_task_name)
   vocabulary = lookup.output_vocabulary(task)
   vocab_description = vocabularies.describe(vocabulary)

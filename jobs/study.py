@@ -1,0 +1,647 @@
+"""`recast study SPEC.yaml`: a comparison as stages of sweeps, run in order, and its report.
+
+A study spec is YAML. Each stage is a grid of `recast train` runs written as a sweep's
+(gin_files, bindings, grid, points; recast.jobs.sweep parses and checks it, and runs it on
+Ray Tune); a later stage names an earlier stage's runs by their bindings:
+
+    name: sp_smoke
+    storage_path: studies            # runs in studies/sp_smoke/<stage>/runs/<run>
+    vocabulary: /path/spiece.model   # one for every run; absent: built once from the text
+    bindings: {DATA_DIR: ../shared/data}          # every run of every stage
+    stages:
+      pretrain_self:
+        gin_files: [models/t5_1_1/tiny.gin, experiments/self_pretraining/pretrain_self.gin]
+        grid: {TASK: [glue_rte]}
+      finetune:
+        gin_files: [models/t5_1_1/tiny.gin, experiments/self_pretraining/finetune.gin]
+        labels: [INIT]                # axes that name runs only (not gin bindings)
+        grid: {TASK: [glue_rte], SEED: [0, 1]}
+        points:
+          - {INIT: random, INITIAL_CHECKPOINT_PATH: null}
+          - {INIT: self, INITIAL_CHECKPOINT_PATH: {stage: pretrain_self, TASK: same}}
+    arms:                             # what is compared: runs of one stage by their axes
+      random: {stage: finetune, INIT: random}
+      self: {stage: finetune, INIT: self}
+    reference: random                 # the arm the others are compared with
+
+`{stage: S, AXIS: same, OTHER: value}` is the MODEL_DIR of the one run of stage S whose AXIS
+equals this run's and whose OTHER is value (`{stage: S}`: S's only run). Stages run in
+the order their references need (else as written). Everything that can reject the spec
+(unknown keys, stages, axes; a cycle; arms that select nothing; a second vocabulary; and
+every run's gin, as `recast sweep` checks it) is checked before any run starts, and a
+spec error names its line. A run is finished when it wrote sweep_done.json (it reached
+TRAIN_STEPS): a killed study started again reruns nothing finished and resumes the rest.
+At the end (and with `recast report STUDY_DIR`) recast.jobs.study_report writes
+<study>/report/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from recast import atomic_files, errors, gin_config
+from recast.jobs import sweep
+
+STUDY_KEYS = {
+    "name": "the study's folder under storage_path (default: the spec file's name)",
+    "storage_path": "folder for the study (default ./studies)",
+    "gin_search_paths": "folders searched for gin files",
+    "tasks_files": "declarative task files every run registers",
+    "vocabulary": "one SentencePiece model (a path) or 'byte' for every run; default: built "
+                  "once from the compared tasks' training text (VOCABULARY=auto)",
+    "bindings": "{NAME: VALUE} gin bindings of every run of every stage",
+    "env": "{VAR: value} environment of every run process",
+    "resources_per_trial": "{gpu: N, cpu: N} reserved for each run",
+    "max_concurrent_trials": "at most this many runs at once",
+    "max_failures": "retries of a failed run, each resuming its checkpoint (default 3)",
+    "stages": "{stage: {gin_files, bindings, grid, points, labels}}: grids of runs, in order",
+    "arms": "{arm: {stage: S, AXIS: value, ...}}: the compared selections of runs",
+    "reference": "the arm the others are compared with",
+    "metric": "the compared validation metric (default: each task's first decoded metric)",
+}
+STAGE_KEYS = {
+    "gin_files": "gin files of every run of the stage, in order",
+    "bindings": "{NAME: VALUE} gin bindings of the stage (a value may be {stage: S, ...})",
+    "grid": "{NAME: [values]}: cartesian axes",
+    "points": "[{NAME: VALUE, ...}]: explicit points, crossed with the grid",
+    "labels": "[AXIS, ...]: axes that only name runs (for arms), not gin bindings",
+    "resources_per_trial": "{gpu: N, cpu: N} for this stage's runs",
+    "max_concurrent_trials": "at most this many of this stage's runs at once",
+}
+STUDY_FILE = "study.json"
+REPORT_DIR = "report"
+SAME = "same"
+VOCABULARY = "VOCABULARY"
+
+
+class StudySpecError(errors.UserError):
+  """A study spec that cannot run as written; nothing has started."""
+
+
+# ------------------------------------------------------------------------------------------
+# YAML lines
+
+
+class _Lines:
+  """The line (1-based) of each key and list item of a YAML file, by its path of keys."""
+
+  def __init__(self, text: str, path: Path):
+    self.path, self.marks = path, {}
+    try:
+      root = yaml.compose(text)
+    except yaml.YAMLError:
+      root = None
+    if root is not None:
+      self._walk(root, ())
+
+  def _walk(self, node: Any, at: tuple) -> None:
+    if isinstance(node, yaml.MappingNode):
+      for key, value in node.value:
+        self.marks[at + (str(key.value),)] = key.start_mark.line + 1
+        self._walk(value, at + (str(key.value),))
+    elif isinstance(node, yaml.SequenceNode):
+      for i, value in enumerate(node.value):
+        self.marks[at + (i,)] = value.start_mark.line + 1
+        self._walk(value, at + (i,))
+
+  def line(self, *at: Any) -> int:
+    at = tuple(a if isinstance(a, int) else str(a) for a in at)
+    while at and at not in self.marks:
+      at = at[:-1]
+    return self.marks.get(at, 1)
+
+  def error(self, at: Sequence[Any], message: str) -> StudySpecError:
+    return StudySpecError(f"{self.path}, line {self.line(*at)}: {message}")
+
+
+def _unknown_keys(raw: Mapping, allowed: Mapping[str, str], what: str) -> Optional[str]:
+  unknown = [k for k in raw if k not in allowed]
+  if not unknown:
+    return None
+  key = unknown[0]
+  close = difflib.get_close_matches(str(key), list(allowed), n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  return f"unknown key {key!r} in {what}{hint}; allowed: {', '.join(allowed)}"
+
+
+def _resolve_path(path: Any, cwd: str) -> str:
+  path = os.path.expanduser(str(path))
+  return path if os.path.isabs(path) else os.path.normpath(os.path.join(cwd, path))
+
+
+def is_reference(value: Any) -> bool:
+  """Whether a YAML value is a reference to another stage's runs ({stage: S, ...})."""
+  return isinstance(value, dict) and "stage" in value
+
+
+# ------------------------------------------------------------------------------------------
+# The spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a stage: its sweep trial (bindings resolved) and what it depends on."""
+  stage: str
+  trial: sweep.Trial
+  depends_on: tuple  # ("stage/run", ...)
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str
+  spec: sweep.SweepSpec
+  labels: tuple
+  refs: dict           # binding name -> (reference, YAML path) of the stage's bindings
+  runs: list = dataclasses.field(default_factory=list)
+
+  @property
+  def axes(self) -> list[str]:
+    return self.spec.axis_names
+
+
+@dataclasses.dataclass
+class Study:
+  """A parsed, checked study (see the module docstring)."""
+  name: str
+  path: Path
+  study_dir: Path
+  stages: dict          # name -> Stage, in run order
+  vocabulary: Optional[str]   # a path or "byte"; None: built from the text at the start
+  arms: dict            # arm -> {"stage": S, "select": {axis: value}, "runs": [names]}
+  reference: Optional[str]
+  metric: Optional[str]
+
+  def all_runs(self) -> list[Run]:
+    return [run for stage in self.stages.values() for run in stage.runs]
+
+
+def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = (),
+               cwd: Optional[str] = None, vocabulary: Optional[str] = None) -> Study:
+  """Reads and checks a study spec; every error names the spec's line.
+
+  `vocabulary`: the study's vocabulary when the spec gives none (run_study passes the one it
+  built); runs are resolved with it. Gin is checked by `validate_study`.
+  """
+  path = Path(path)
+  cwd = cwd or os.getcwd()
+  if not path.is_file():
+    raise StudySpecError(f"study spec {path} not found")
+  text = path.read_text()
+  try:
+    raw = yaml.safe_load(text) or {}
+  except yaml.YAMLError as e:
+    raise StudySpecError(f"{path} is not valid YAML: {e}") from None
+  lines = _Lines(text, path)
+  if not isinstance(raw, dict):
+    raise lines.error((), "a study spec is a YAML mapping with keys " + ", ".join(STUDY_KEYS))
+  problem = _unknown_keys(raw, STUDY_KEYS, "the study")
+  if problem:
+    raise lines.error((next(k for k in raw if k not in STUDY_KEYS),), problem)
+  stages_raw = raw.get("stages")
+  if not isinstance(stages_raw, dict) or not stages_raw:
+    raise lines.error(("stages",), "a study needs stages: {name: {gin_files: [...], grid: "
+                      "{...}}, ...}")
+  name = str(raw.get("name") or path.stem)
+  storage = _resolve_path(raw.get("storage_path") or "studies", cwd)
+  study_dir = Path(storage) / name
+  common_bindings = raw.get("bindings") or {}
+  if not isinstance(common_bindings, dict):
+    raise lines.error(("bindings",), "bindings must be a mapping {NAME: VALUE}")
+  vocab = _study_vocabulary(raw, stages_raw, lines, cwd) or vocabulary
+
+  stages: dict[str, Stage] = {}
+  for stage_name, stage_raw in stages_raw.items():
+    at = ("stages", stage_name)
+    if stage_name == REPORT_DIR or not re.fullmatch(r"[A-Za-z0-9._+-]+", str(stage_name)):
+      raise lines.error(at, f"stage name {stage_name!r} must be a folder name (letters, "
+                        f"digits, . _ + -) other than {REPORT_DIR!r}")
+    if not isinstance(stage_raw, dict):
+      raise lines.error(at, f"stage {stage_name} must be a mapping with keys "
+                        f"{', '.join(STAGE_KEYS)}")
+    problem = _unknown_keys(stage_raw, STAGE_KEYS, f"stage {stage_name}")
+    if problem:
+      raise lines.error(at + (next(k for k in stage_raw if k not in STAGE_KEYS),), problem)
+    stage_bindings = stage_raw.get("bindings") or {}
+    if not isinstance(stage_bindings, dict):
+      raise lines.error(at + ("bindings",), "bindings must be a mapping {NAME: VALUE}")
+    refs = {k: (v, at + ("bindings", k)) for k, v in stage_bindings.items() if is_reference(v)}
+    axes = set((stage_raw.get("grid") or {}) if isinstance(stage_raw.get("grid"), dict)
+               else ()) | {k for p in (stage_raw.get("points") or []) if isinstance(p, dict)
+                           for k in p}
+    bindings = {k: v for k, v in common_bindings.items() if k not in axes}
+    bindings.update({k: v for k, v in stage_bindings.items() if k not in refs})
+    bindings.pop(VOCABULARY, None)  # bound per run (one vocabulary; checked above)
+    sweep_raw = {
+        "name": str(stage_name), "storage_path": str(study_dir),
+        "gin_files": stage_raw.get("gin_files") or [],
+        "gin_search_paths": raw.get("gin_search_paths") or [],
+        "tasks_files": raw.get("tasks_files") or [],
+        "bindings": bindings, "grid": stage_raw.get("grid") or {},
+        "points": stage_raw.get("points") or [], "env": raw.get("env") or {},
+        "resources_per_trial": stage_raw.get("resources_per_trial",
+                                             raw.get("resources_per_trial") or {}),
+        "max_concurrent_trials": stage_raw.get("max_concurrent_trials",
+                                               raw.get("max_concurrent_trials")),
+        "max_failures": raw.get("max_failures", 3)}
+    try:
+      spec = sweep.parse_spec(sweep_raw, Path(f"stage {stage_name}"), cwd=cwd,
+                              extra_tasks_files=extra_tasks_files)
+    except sweep.SweepSpecError as e:
+      raise lines.error(at, str(e)) from None
+    labels = stage_raw.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+      raise lines.error(at + ("labels",), "labels must be a list of axis names, e.g. [INIT]")
+    for i, label in enumerate(labels):
+      if label not in spec.axis_names:
+        raise lines.error(at + ("labels", i), f"label {label!r} is not an axis of stage "
+                          f"{stage_name}; its axes: {', '.join(spec.axis_names)}")
+    stages[str(stage_name)] = Stage(name=str(stage_name), spec=spec, labels=tuple(labels),
+                                    refs=refs)
+
+  _check_references(stages, stages_raw, lines)
+  order = _run_order(stages, stages_raw, lines)
+  stages = {n: stages[n] for n in order}
+  for stage in stages.values():
+    stage.runs = _resolve_runs(stage, stages, stages_raw, lines, vocab)
+  arms, reference = _arms(raw, stages, lines)
+  metric = raw.get("metric")
+  return Study(name=name, path=path, study_dir=study_dir, stages=stages, vocabulary=vocab,
+               arms=arms, reference=reference, metric=str(metric) if metric else None)
+
+
+def _study_vocabulary(raw: Mapping, stages_raw: Mapping, lines: _Lines, cwd: str
+                      ) -> Optional[str]:
+  """The study's one vocabulary (`vocabulary:`, or the VOCABULARY every binding agrees on);
+  a stage binding another one, or a VOCABULARY axis, is an error."""
+  def normal(value: Any) -> str:
+    text = str(value)
+    return text if text in ("byte", "auto") else _resolve_path(text, cwd)
+
+  found: list[tuple[str, tuple]] = []
+  if raw.get("vocabulary") is not None:
+    found.append((normal(raw["vocabulary"]), ("vocabulary",)))
+  if VOCABULARY in (raw.get("bindings") or {}):
+    found.append((normal(raw["bindings"][VOCABULARY]), ("bindings", VOCABULARY)))
+  for name, stage in stages_raw.items():
+    if not isinstance(stage, dict):
+      continue
+    grid = stage.get("grid") if isinstance(stage.get("grid"), dict) else {}
+    points = stage.get("points") if isinstance(stage.get("points"), list) else []
+    if VOCABULARY in grid or any(isinstance(p, dict) and VOCABULARY in p for p in points):
+      at = ("stages", name, "grid", VOCABULARY) if VOCABULARY in grid else ("stages", name,
+                                                                               "points")
+      raise lines.error(at, f"stage {name} varies VOCABULARY; a study has one vocabulary "
+                        "for every run (set `vocabulary:` once)")
+    bindings = stage.get("bindings") if isinstance(stage.get("bindings"), dict) else {}
+    if VOCABULARY in bindings:
+      found.append((normal(bindings[VOCABULARY]), ("stages", name, "bindings", VOCABULARY)))
+  for value, at in found[1:]:
+    if value != found[0][0]:
+      raise lines.error(at, f"VOCABULARY {value} differs from the study's vocabulary "
+                        f"{found[0][0]} (line {lines.line(*found[0][1])}); every stage "
+                        "shares one vocabulary: remove this binding or make them equal")
+  vocab = found[0][0] if found else None
+  return None if vocab == "auto" else vocab
+
+
+def _references(stage: Stage, stages_raw: Mapping) -> list[tuple[str, dict, tuple]]:
+  """(binding name, reference, YAML path) of every reference in a stage's spec."""
+  out = [(name, ref, at) for name, (ref, at) in stage.refs.items()]
+  raw = stages_raw[stage.name]
+  grid = raw.get("grid") or {}
+  for axis, values in grid.items():
+    out += [(axis, v, ("stages", stage.name, "grid", axis, i)) for i, v in enumerate(values)
+            if is_reference(v)]
+  for i, point in enumerate(raw.get("points") or []):
+    out += [(axis, v, ("stages", stage.name, "points", i, axis)) for axis, v in point.items()
+            if is_reference(v)]
+  return out
+
+
+def _check_references(stages: Mapping[str, Stage], stages_raw: Mapping, lines: _Lines) -> None:
+  for stage in stages.values():
+    for name, ref, at in _references(stage, stages_raw):
+      target = ref["stage"]
+      if target not in stages:
+        raise lines.error(at, f"{name} names stage {target!r}, which is not a stage of the "
+                          f"study; stages: {', '.join(stages)}")
+      for axis, value in ref.items():
+        if axis == "stage":
+          continue
+        if axis not in stages[target].axes:
+          raise lines.error(at, f"{name} selects {axis}, which is not an axis of stage "
+                            f"{target}; its axes: {', '.join(stages[target].axes) or 'none'}")
+        if value == SAME and axis not in stage.axes:
+          raise lines.error(at, f"{name}: {axis}: same needs {axis} as an axis of stage "
+                            f"{stage.name} too; its axes: {', '.join(stage.axes)}")
+
+
+def _run_order(stages: Mapping[str, Stage], stages_raw: Mapping, lines: _Lines) -> list[str]:
+  """Stages in spec order, each after the stages it references; a cycle is an error."""
+  needs = {n: [(ref["stage"], at) for _, ref, at in _references(s, stages_raw)]
+           for n, s in stages.items()}
+  order: list[str] = []
+  visiting: list[str] = []
+
+  def visit(name: str) -> None:
+    if name in order:
+      return
+    if name in visiting:
+      cycle = visiting[visiting.index(name):] + [name]
+      at = next(at for target, at in needs[cycle[-2]] if target == name)
+      raise lines.error(at, f"stages form a cycle: {' -> '.join(cycle)} (each needs the "
+                        "next one's runs); a stage can only use runs of stages before it")
+    visiting.append(name)
+    for target, _ in needs[name]:
+      visit(target)
+    visiting.pop()
+    order.append(name)
+
+  for name in stages:
+    visit(name)
+  return order
+
+
+def _display(value: Any) -> Any:
+  return f"{value['stage']}" if is_reference(value) else value
+
+
+def _resolve_runs(stage: Stage, stages: Mapping[str, Stage], stages_raw: Mapping,
+                  lines: _Lines, vocabulary: Optional[str]) -> list[Run]:
+  """The stage's trials with references replaced by the MODEL_DIR of the run they name,
+  label axes left out of the gin bindings and VOCABULARY bound."""
+  spec = stage.spec
+  refs_at = {}
+  for name, ref, at in _references(stage, stages_raw):
+    refs_at.setdefault((name, repr(ref)), at)
+  runs = []
+  for trial in spec.trials():
+    point = {k: _display(v) for k, v in trial.point.items()}
+    run_name = sweep.trial_name(trial.index, point)
+    model_dir = str(spec.experiment_dir / "runs" / run_name)
+    values = {k: v for k, v in trial.point.items()
+              if k not in stage.labels and k != sweep.GIN_FILE_AXIS}
+    values.update({k: ref for k, (ref, _) in stage.refs.items()})
+    bindings, depends = list(spec.bindings), []
+    for key, value in values.items():
+      if is_reference(value):
+        target = _select(value, trial.point, stages[value["stage"]],
+                         lines, refs_at[(key, repr(value))], key)
+        depends.append(f"{target.stage}/{target.trial.name}")
+        value = target.trial.model_dir
+      bindings.append(sweep.gin_binding(key, value))
+    if vocabulary:
+      bindings.append(sweep.gin_binding(VOCABULARY, vocabulary))
+    bindings.append(sweep.gin_binding("MODEL_DIR", model_dir))
+    runs.append(Run(stage=stage.name, depends_on=tuple(depends), trial=dataclasses.replace(
+        trial, name=run_name, point=point, bindings=tuple(bindings), model_dir=model_dir)))
+  return runs
+
+
+def _select(ref: Mapping, point: Mapping, target: Stage, lines: _Lines, at: tuple,
+            key: str) -> Run:
+  wanted = {a: (point[a] if v == SAME else v) for a, v in ref.items() if a != "stage"}
+  matches = [r for r in target.runs if all(_equal(r.trial.point.get(a), v)
+                                            for a, v in wanted.items())]
+  if len(matches) != 1:
+    shown = ", ".join(f"{a}={v}" for a, v in wanted.items()) or "no axes"
+    if not matches:
+      raise lines.error(at, f"{key}: no run of stage {target.name} has {shown}; its runs: "
+                        f"{', '.join(r.trial.name for r in target.runs)}")
+    free = [a for a in target.axes if a not in wanted]
+    raise lines.error(at, f"{key}: {len(matches)} runs of stage {target.name} have {shown}; "
+                      f"add one of {', '.join(free)} (a value, or `same`) to pick one")
+  return matches[0]
+
+
+def _equal(a: Any, b: Any) -> bool:
+  return a == b or (a is not None and b is not None and str(a) == str(b))
+
+
+def _arms(raw: Mapping, stages: Mapping[str, Stage], lines: _Lines
+          ) -> tuple[dict, Optional[str]]:
+  arms_raw = raw.get("arms") or {}
+  if not isinstance(arms_raw, dict):
+    raise lines.error(("arms",), "arms must be a mapping {arm: {stage: S, AXIS: value}}")
+  arms = {}
+  for arm, select in arms_raw.items():
+    at = ("arms", arm)
+    if not isinstance(select, dict) or "stage" not in select:
+      raise lines.error(at, f"arm {arm} must name a stage and axis values, e.g. "
+                        "{stage: finetune, INIT: random}")
+    stage = stages.get(select["stage"])
+    if stage is None:
+      raise lines.error(at, f"arm {arm} names stage {select['stage']!r}, which is not a stage "
+                        f"of the study; stages: {', '.join(stages)}")
+    for axis in select:
+      if axis != "stage" and axis not in stage.axes:
+        raise lines.error(at + (axis,), f"arm {arm} selects {axis}, which is not an axis of "
+                          f"stage {stage.name}; its axes: {', '.join(stage.axes)}")
+    wanted = {a: v for a, v in select.items() if a != "stage"}
+    runs = [r.trial.name for r in stage.runs
+            if all(_equal(r.trial.point.get(a), v) for a, v in wanted.items())]
+    if not runs:
+      raise lines.error(at, f"arm {arm} selects no run of stage {stage.name} "
+                        f"({', '.join(f'{a}={v}' for a, v in wanted.items())}); its runs: "
+                        f"{', '.join(r.trial.name for r in stage.runs)}")
+    arms[str(arm)] = {"stage": stage.name, "select": wanted, "runs": runs}
+  reference = raw.get("reference")
+  if arms and reference is None:
+    raise lines.error(("arms",), f"arms need a reference: the arm the others are compared "
+                      f"with (one of {', '.join(arms)})")
+  if reference is not None and str(reference) not in arms:
+    raise lines.error(("reference",), f"reference arm {reference!r} is not among the arms"
+                      + (f" ({', '.join(arms)})" if arms else "; declare arms: first"))
+  return arms, (str(reference) if reference is not None else None)
+
+
+# ------------------------------------------------------------------------------------------
+# Gin, the vocabulary, running
+
+
+def validate_study(study: Study) -> None:
+  """Every run's gin, as its `recast train` will read it (sweep.validate_trials)."""
+  for stage in study.stages.values():
+    try:
+      sweep.validate_trials(stage.spec, [r.trial for r in stage.runs])
+    except errors.UserError as e:
+      raise type(e)(f"{study.path}, stage {stage.name}: {e}") from None
+
+
+def compared_task_names(study: Study) -> list[str]:
+  """The tasks of the arms' runs (else of the last stage's): the study's text."""
+  import gin
+  from recast.mixtures import lookup
+  from recast.tasks import task_files
+  from recast.trainer import train
+  names = {a["stage"] for a in study.arms.values()} or {list(study.stages)[-1]}
+  found = []
+  for stage in (study.stages[n] for n in names):
+    for path in stage.spec.tasks_files:
+      task_files.register_task_file(path)
+    for run in stage.runs:
+      try:
+        gin_config.parse_run_flags(argparse.Namespace(
+            gin_file=list(run.trial.gin_files), gin_bindings=list(run.trial.bindings),
+            gin_search_paths=list(stage.spec.gin_search_paths)), command="train",
+            required_macros=train.REQUIRED_MACROS, finalize=False)
+        task = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
+        if isinstance(task, str):
+          lookup.get_mixture_or_task(task)
+          if task not in found:
+            found.append(task)
+      finally:
+        gin.clear_config(clear_constants=False)
+  return found
+
+
+def build_vocabulary(study: Study) -> str:
+  """VOCABULARY=auto over the compared tasks' training text (cached by content:
+  recast.tasks.vocabularies); returns the model file every run is given."""
+  import gin
+  import seqio
+  from recast.tasks import vocabularies
+  tasks = compared_task_names(study)
+  if not tasks:
+    raise StudySpecError(f"{study.path}: no compared task to build the study's vocabulary "
+                         "from; set `vocabulary:` to a SentencePiece model or 'byte'")
+  name = tasks[0]
+  if len(tasks) > 1:
+    name = f"study_{study.name}_text"
+    if name not in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.add(name, tasks, default_rate=1.0)
+  stage = next(s for s in study.stages.values() if s.name in
+               ({a["stage"] for a in study.arms.values()} or {list(study.stages)[-1]}))
+  run = stage.runs[0]
+  try:
+    gin_config.parse_run_flags(argparse.Namespace(
+        gin_file=list(run.trial.gin_files), gin_search_paths=list(stage.spec.gin_search_paths),
+        gin_bindings=list(run.trial.bindings) + [sweep.gin_binding("MIXTURE_OR_TASK_NAME",
+                                                                   name)]),
+        command="train", finalize=False)
+    vocab = vocabularies.auto_vocabulary()
+    path = vocabularies.vocabulary_file(vocab)
+  finally:
+    gin.clear_config(clear_constants=False)
+  if not path:
+    raise StudySpecError(f"{study.path}: the built vocabulary has no file; set `vocabulary:`")
+  return str(path)
+
+
+def describe(study: Study) -> dict:
+  """study.json: the graph of runs, the arms and the reference (read by study_report)."""
+  return {
+      "name": study.name, "vocabulary": study.vocabulary, "reference": study.reference,
+      "metric": study.metric, "arms": study.arms,
+      "stages": {name: {
+          "seed_axis": stage.spec.seed_axis, "axes": stage.axes, "labels": list(stage.labels),
+          "runs": [{"name": r.trial.name, "point": r.trial.point,
+                    "model_dir": os.path.relpath(r.trial.model_dir, study.study_dir),
+                    "depends_on": list(r.depends_on), "bindings": list(r.trial.bindings)}
+                   for r in stage.runs]} for name, stage in study.stages.items()}}
+
+
+def print_graph(study: Study, out=None) -> None:
+  """--dry_run: per stage, each run, its bindings and the runs it depends on."""
+  out = out or sys.stdout
+  vocab = study.vocabulary or "built from the compared tasks' text at the start"
+  print(f"study {study.name}: {study.study_dir}; vocabulary: {vocab}", file=out)
+  for stage in study.stages.values():
+    print(f"stage {stage.name} ({len(stage.runs)} runs):", file=out)
+    for run in stage.runs:
+      shown = [b for b in run.trial.bindings if not b.startswith("MODEL_DIR=")]
+      deps = f"  <- {', '.join(run.depends_on)}" if run.depends_on else ""
+      print(f"  {run.trial.name}: {' '.join(shown)}{deps}", file=out)
+  for arm, selection in study.arms.items():
+    mark = " (reference)" if arm == study.reference else ""
+    print(f"arm {arm}{mark}: {selection['stage']}: {', '.join(selection['runs'])}", file=out)
+
+
+@dataclasses.dataclass
+class StudyOutcome:
+  study_dir: Path
+  ran: dict           # stage -> [run names run now]
+  skipped: dict       # stage -> [run names already done]
+  failed: dict        # stage -> [run names that failed]
+  report_dir: Optional[Path] = None
+
+
+def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
+              num_cpus: Optional[int] = None, num_gpus: Optional[float] = None,
+              extra_tasks_files: Sequence[str] = (), verbose: int = 1) -> StudyOutcome:
+  """Checks the whole study, builds its vocabulary when none is given, runs each stage's
+  unfinished runs (recast.jobs.sweep.run_sweep on Ray) in order, then writes the report.
+  Stops after a stage with failed runs (later stages need them)."""
+  from recast.jobs import study_report
+  study = load_study(path, extra_tasks_files=extra_tasks_files)
+  if study.vocabulary is None:
+    study = load_study(path, extra_tasks_files=extra_tasks_files,
+                       vocabulary=build_vocabulary(study))
+  validate_study(study)
+  study.study_dir.mkdir(parents=True, exist_ok=True)
+  atomic_files.write_json(study.study_dir / STUDY_FILE, describe(study))
+  outcome = StudyOutcome(study_dir=study.study_dir, ran={}, skipped={}, failed={})
+  for stage in study.stages.values():
+    print(f"stage {stage.name}: {len(stage.runs)} runs", flush=True)
+    result = sweep.run_sweep(stage.spec, resume=True, address=address, num_cpus=num_cpus,
+                             num_gpus=num_gpus, verbose=verbose,
+                             trials=[r.trial for r in stage.runs])
+    outcome.ran[stage.name], outcome.skipped[stage.name] = result.ran, result.skipped
+    if result.failed:
+      outcome.failed[stage.name] = result.failed
+      return outcome
+  if study.arms:
+    outcome.report_dir = study_report.write_study_report(study.study_dir)
+  return outcome
+
+
+# ------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("spec", metavar="SPEC", help="study spec (YAML); see docs/studies.md")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="check the spec and every run's gin, print the graph of runs, "
+                      "run none")
+  parser.add_argument("--address", default=None,
+                      help="join this Ray cluster ('auto' on a cluster node, or HOST:PORT); "
+                      "default: start a local Ray")
+  parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray")
+  parser.add_argument("--num_gpus", type=float, default=None, help="GPUs of the local Ray")
+
+
+def main(args: argparse.Namespace) -> int:
+  """`recast study SPEC.yaml [--dry_run] [--address=auto]`."""
+  tasks_files = getattr(args, "tasks_file", []) or []
+  if args.dry_run:
+    study = load_study(args.spec, extra_tasks_files=tasks_files)
+    validate_study(study)
+    print_graph(study)
+    print(f"{sum(len(s.runs) for s in study.stages.values())} runs in "
+          f"{len(study.stages)} stages; gin checked; nothing started")
+    return 0
+  outcome = run_study(args.spec, address=args.address, num_cpus=args.num_cpus,
+                      num_gpus=args.num_gpus, extra_tasks_files=tasks_files)
+  for stage, ran in outcome.ran.items():
+    print(f"stage {stage}: ran {len(ran)} runs ({len(outcome.skipped[stage])} were already "
+          "done)")
+  if outcome.failed:
+    stage, failed = next(iter(outcome.failed.items()))
+    print(f"stage {stage}: {len(failed)} runs failed after retries: {', '.join(failed)}; see "
+          f"{outcome.study_dir}/{stage}/runs/<run>/{sweep.LOG_FILE}, then run the study again "
+          "(finished runs are kept)", file=sys.stderr)
+    return 1
+  if outcome.report_dir:
+    print((outcome.report_dir / "report.md").read_text())
+    print(f"report: {outcome.report_dir}")
+  return 0

@@ -1,0 +1,401 @@
+"""`recast study`: stages of sweeps in order, references between them, and the report.
+
+Fast: spec errors naming their line (nothing written), the --dry_run graph, the report's
+numbers on synthetic metrics. Slow (module fixture `study_run`): a real study of 2 stages x
+2 tiny runs on Ray (the second stage fine-tunes the first's runs, seed for seed), run
+twice: the second time starts no run. The report is recomputed from metrics.jsonl.
+"""
+
+import csv
+import json
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recast import cli, metrics_writer
+from recast.jobs import study, study_report, sweep
+
+REPO = Path(__file__).resolve().parents[2]
+TOY_VOCAB = (REPO / ".venv/lib/python3.11/site-packages/seqio/test_data/sentencepiece/"
+             "sentencepiece.model")
+TASK = "study_toy"
+# t(0.975, df) for df = 1, 2: the 95% interval's factor (tables; scipy gives the same).
+T975 = {1: 12.706204736174698, 2: 4.302652729749464}
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+  """The running Ray (tests/jobs/test_sweep.py's session one) or a local one with 2 CPUs,
+  shut down after this module when started here."""
+  import ray
+  started = not ray.is_initialized()
+  if started:
+    hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    try:
+      ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    finally:
+      if hidden is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = hidden
+  yield ray.get_runtime_context().gcs_address
+  if started:
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def toy_task_file(tmp_path_factory) -> Path:
+  """A two-label task over 24 train and 8 validation rows written here."""
+  folder = tmp_path_factory.mktemp("study_task")
+  words = ["good", "bad", "fine", "awful"]
+  rows = [{"text": f"the film was {words[i % 4]} number {i}",
+           "label": "positive" if i % 4 in (0, 2) else "negative"} for i in range(32)]
+  (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:24]))
+  (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[24:]))
+  path = folder / "recast.tasks.yaml"
+  path.write_text(textwrap.dedent(f"""\
+      tasks:
+        - name: {TASK}
+          files: {{train: train.jsonl, validation: validation.jsonl}}
+          inputs: "review: {{text}}"
+          targets: "{{label}}"
+          labels: [positive, negative]
+  """))
+  return path
+
+
+def _spec_text(tmp_path: Path, task_file: Path, *, second: str = "", arms: str = "",
+               extra: str = "") -> str:
+  """A study YAML: stage first (SEED 0, 1), stage second (from first, seed for seed)."""
+  return textwrap.dedent(f"""\
+      name: toy
+      storage_path: {tmp_path / 'studies'}
+      vocabulary: {TOY_VOCAB}
+      tasks_files: [{task_file}]
+      bindings:
+        MIXTURE_OR_TASK_NAME: {TASK}
+        TASK_FEATURE_LENGTHS: {{inputs: 32, targets: 8}}
+        TRAIN_STEPS: 4
+        BATCH_SIZE: 4
+        EVAL_PERIOD: 2
+        train.max_truncated_fraction: 1.0
+      max_concurrent_trials: 2
+      max_failures: 0
+      env: {{XLA_FLAGS: --xla_force_host_platform_device_count=1}}
+      stages:
+        first:
+          gin_files: [models/t5_1_1/tiny.gin, runs/finetune.gin]
+          grid: {{SEED: [0, 1]}}
+        second:
+          gin_files: [models/t5_1_1/tiny.gin, runs/finetune.gin]
+          grid: {{SEED: [0, 1]}}
+          bindings:
+            INITIAL_CHECKPOINT_PATH: {second or '{stage: first, SEED: same}'}
+      """) + textwrap.dedent(arms or """\
+      arms:
+        scratch: {stage: first}
+        continued: {stage: second}
+      reference: scratch
+      """) + extra
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+  path = tmp_path / "study.yaml"
+  path.write_text(text)
+  return path
+
+
+def _line_of(text: str, fragment: str) -> int:
+  return next(i for i, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+# ------------------------------------------------------------------------------------------
+# The spec
+
+
+@pytest.mark.parametrize("change, fragment, message", [
+    ({"second": "{stage: nowhere}"}, "INITIAL_CHECKPOINT_PATH",
+     r"names stage 'nowhere', which is not a stage of the study; stages: first, second"),
+    ({"second": "{stage: first, LEARNING_RATE: same}"}, "INITIAL_CHECKPOINT_PATH",
+     r"selects LEARNING_RATE, which is not an axis of stage first; its axes: SEED"),
+    ({"second": "{stage: first}"}, "INITIAL_CHECKPOINT_PATH",
+     r"2 runs of stage first have no axes; add one of SEED"),
+    ({"second": "{stage: first, SEED: 7}"}, "INITIAL_CHECKPOINT_PATH",
+     r"no run of stage first has SEED=7"),
+    ({"arms": "arms:\n  scratch: {stage: third}\nreference: scratch\n"}, "scratch: {stage",
+     r"arm scratch names stage 'third', which is not a stage"),
+    ({"arms": "arms:\n  scratch: {stage: first, SEED: 5}\nreference: scratch\n"},
+     "scratch: {stage", r"arm scratch selects no run of stage first \(SEED=5\)"),
+    ({"arms": "arms:\n  scratch: {stage: first, LR: 1}\nreference: scratch\n"},
+     "scratch: {stage", r"arm scratch selects LR, which is not an axis"),
+    ({"arms": "arms:\n  scratch: {stage: first}\n"}, "arms:",
+     r"arms need a reference: the arm the others are compared with \(one of scratch\)"),
+    ({"arms": "arms:\n  scratch: {stage: first}\nreference: best\n"}, "reference:",
+     r"reference arm 'best' is not among the arms \(scratch\)"),
+    ({"extra": "metrics: [accuracy]\n"}, "metrics:",
+     r"unknown key 'metrics' in the study \(did you mean 'metric'\?\); allowed: name, "
+     r"storage_path"),
+])
+def test_bad_spec_is_rejected_naming_its_line(tmp_path, toy_task_file, change, fragment,
+                                              message):
+  text = _spec_text(tmp_path, toy_task_file, **change)
+  path = _write(tmp_path, text)
+  line = _line_of(text, fragment)
+  prefix = r"(INITIAL_CHECKPOINT_PATH:? )?"
+  with pytest.raises(study.StudySpecError, match=rf"study.yaml, line {line}: {prefix}{message}"):
+    study.load_study(path)
+  assert not (tmp_path / "studies").exists()
+
+
+def test_cycles_unknown_stage_keys_and_second_vocabularies_name_their_line(tmp_path,
+                                                                          toy_task_file):
+  text = _spec_text(tmp_path, toy_task_file).replace(
+      "    grid: {SEED: [0, 1]}\n  second:",
+      "    grid: {SEED: [0, 1]}\n    bindings: {INITIAL_CHECKPOINT_PATH: {stage: second, "
+      "SEED: same}}\n  second:", 1)
+  closing = _line_of(text, "{stage: first, SEED: same}")  # the reference closing the cycle
+  with pytest.raises(study.StudySpecError, match=rf"line {closing}: "
+                     r"stages form a cycle: first -> second -> first"):
+    study.load_study(_write(tmp_path, text))
+  text = _spec_text(tmp_path, toy_task_file).replace("grid: {SEED: [0, 1]}\n  second:",
+                                                     "grids: {SEED: [0, 1]}\n  second:")
+  with pytest.raises(study.StudySpecError, match=rf"line {_line_of(text, 'grids:')}: unknown "
+                     r"key 'grids' in stage first \(did you mean 'grid'\?\); allowed: gin_files"):
+    study.load_study(_write(tmp_path, text))
+  text = _spec_text(tmp_path, toy_task_file).replace(
+      "    INITIAL_CHECKPOINT_PATH:", "    VOCABULARY: byte\n      INITIAL_CHECKPOINT_PATH:")
+  with pytest.raises(study.StudySpecError, match=rf"line {_line_of(text, 'VOCABULARY: byte')}: "
+                     rf"VOCABULARY byte differs from the study's vocabulary {TOY_VOCAB} "
+                     r"\(line 3\); every stage shares one vocabulary"):
+    study.load_study(_write(tmp_path, text))
+  # The same vocabulary bound again is not a second one.
+  same = _spec_text(tmp_path, toy_task_file).replace(
+      "    INITIAL_CHECKPOINT_PATH:", f"    VOCABULARY: {TOY_VOCAB}\n      "
+      "INITIAL_CHECKPOINT_PATH:")
+  assert study.load_study(_write(tmp_path, same)).vocabulary == str(TOY_VOCAB)
+  assert not (tmp_path / "studies").exists()
+
+
+def test_a_bad_binding_in_a_later_stage_stops_the_study_before_any_run(tmp_path,
+                                                                       toy_task_file):
+  text = _spec_text(tmp_path, toy_task_file).replace("grid: {SEED: [0, 1]}\n    bindings:",
+                                                     "grid: {LEARNING_RTE: [0.1]}\n    "
+                                                     "bindings:")
+  text = text.replace("{stage: first, SEED: same}", "{stage: first, SEED: 0}")
+  with pytest.raises(sweep.errors.UserError, match=r"stage second: trial 000_LEARNING_RTE=0.1:.*"
+                     r"LEARNING_RTE"):
+    study.run_study(_write(tmp_path, text))
+  assert not (tmp_path / "studies").exists()
+
+
+def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_file,
+                                                              capsys):
+  path = _write(tmp_path, _spec_text(tmp_path, toy_task_file))
+  assert cli.main(["study", str(path), "--dry_run"]) == 0
+  out = capsys.readouterr().out
+  runs = tmp_path / "studies/toy"
+  assert "stage first (2 runs):" in out and "stage second (2 runs):" in out
+  assert out.index("stage first") < out.index("stage second")
+  second = [line for line in out.splitlines() if line.startswith("  000_SEED=0: ")][1]
+  assert f"INITIAL_CHECKPOINT_PATH='{runs}/first/runs/000_SEED=0'" in second
+  assert f"VOCABULARY='{TOY_VOCAB}'" in second
+  assert second.endswith("<- first/000_SEED=0")
+  assert "arm scratch (reference): first: 000_SEED=0, 001_SEED=1" in out
+  assert "4 runs in 2 stages; gin checked; nothing started" in out
+  assert not runs.exists()
+  # Stages run in the order their references need, whatever order they are written in.
+  text = path.read_text()
+  first, second_stage = text.index("  first:"), text.index("  second:")
+  arms = text.index("arms:")
+  swapped = text[:first] + text[second_stage:arms] + text[first:second_stage] + text[arms:]
+  assert list(study.load_study(_write(tmp_path, swapped)).stages) == ["first", "second"]
+
+
+@pytest.mark.parametrize("name, runs", [("self_pretraining_smoke", 8),
+                                        ("self_pretraining", 41)])
+def test_built_in_studies_are_valid(name, runs, shared_data):
+  spec = study.load_study(REPO / "gin/experiments/studies" / f"{name}.yaml", cwd=str(REPO))
+  study.validate_study(spec)
+  assert len(spec.all_runs()) == runs
+  assert list(spec.stages) == ["pretrain_self", "pretrain_general", "finetune"]
+  assert spec.reference == "random" and set(spec.arms) == {"random", "self", "general"}
+  self_run = next(r for r in spec.stages["finetune"].runs if r.trial.point["INIT"] == "self")
+  assert self_run.depends_on[0].startswith("pretrain_self/000_TASK=glue_rte")
+
+
+# ------------------------------------------------------------------------------------------
+# The report, on synthetic runs
+
+
+def _fake_study(tmp_path: Path, values: dict, baseline: float = 0.5) -> Path:
+  """A study folder: arms {arm: {seed: [(step, accuracy, rank_accuracy)]}} on task t."""
+  folder = tmp_path / "fake"
+  stage_runs, arms = [], {}
+  for arm, by_seed in values.items():
+    arms[arm] = {"stage": "s", "select": {"ARM": arm}, "runs": []}
+    for seed, curve in by_seed.items():
+      name = f"{arm}_{seed}"
+      model_dir = folder / "s/runs" / name
+      model_dir.mkdir(parents=True)
+      rows = [{"step": 0, "split": metrics_writer.BASELINE_SPLIT, "task": "t",
+               "metric": m, "value": baseline} for m in ("accuracy", "rank_accuracy")]
+      for step, acc, rank in curve:
+        rows += [{"step": step, "split": "validation", "task": "t", "metric": m, "value": v}
+                 for m, v in (("loss", 1.0), ("accuracy", acc), ("f1", 0.1),
+                              ("rank_accuracy", rank))]
+      (model_dir / metrics_writer.METRICS_FILE).write_text(
+          "".join(json.dumps(r) + "\n" for r in rows))
+      stage_runs.append({"name": name, "point": {"ARM": arm, "SEED": seed},
+                         "model_dir": f"s/runs/{name}", "depends_on": []})
+      arms[arm]["runs"].append(name)
+  (folder / study_report.STUDY_FILE).write_text(json.dumps({
+      "name": "fake", "reference": "ref", "metric": None, "arms": arms,
+      "stages": {"s": {"seed_axis": "SEED", "runs": stage_runs}}}))
+  return folder
+
+
+def test_report_gives_intervals_paired_differences_and_the_baseline(tmp_path, capsys):
+  folder = _fake_study(tmp_path, {
+      "ref": {0: [(2, 0.3, 0.5), (4, 0.5, 0.6)], 1: [(2, 0.4, 0.5), (4, 0.6, 0.7)],
+              2: [(4, 0.7, 0.6)]},
+      "new": {0: [(2, 0.5, 0.5), (4, 0.7, 0.6)], 1: [(4, 0.5, 0.8)],
+              2: [(4, 0.8, 0.9)]}})
+  assert cli.main(["report", str(folder)]) == 0
+  assert "Study fake" in capsys.readouterr().out
+  with open(folder / "report/summary.csv") as f:
+    rows = {(r["arm"], r["metric"]): r for r in csv.DictReader(f)}
+  ref, new = np.array([0.5, 0.6, 0.7]), np.array([0.7, 0.5, 0.8])
+  half = T975[2] * np.std(ref, ddof=1) / math.sqrt(3)
+  row = rows[("ref", "accuracy")]
+  np.testing.assert_allclose([float(row[k]) for k in ("mean", "std", "ci95_low", "ci95_high")],
+                             [0.6, np.std(ref, ddof=1), 0.6 - half, 0.6 + half])
+  assert row["seeds"] == "3" and row["diff_mean"] == "" and float(row["baseline"]) == 0.5
+  diffs = new - ref  # +0.2, -0.1, +0.1: 2 of 3 agree with the mean's sign
+  half = T975[2] * np.std(diffs, ddof=1) / math.sqrt(3)
+  row = rows[("new", "accuracy")]
+  np.testing.assert_allclose([float(row[k]) for k in ("diff_mean", "diff_ci95_low",
+                                                      "diff_ci95_high")],
+                             [diffs.mean(), diffs.mean() - half, diffs.mean() + half])
+  assert (row["diff_agree"], row["diff_pairs"]) == ("2", "3")
+  rank = rows[("new", "rank_accuracy")]  # the rank twin, paired alike; a zero disagrees
+  assert float(rank["diff_mean"]) == pytest.approx(np.mean([0.0, 0.1, 0.3]))
+  assert (rank["diff_agree"], rank["diff_pairs"]) == ("2", "3")
+  markdown = (folder / "report/report.md").read_text()
+  assert "| ref | 0.6 ± 0.1 [0.3516, 0.8484] (n=3) |" in markdown
+  assert "; 2 of 3 seeds agree in sign |" in markdown
+  assert "| majority class | 0.5 |" in markdown
+  assert (folder / "report/curves_t.png").stat().st_size > 1000
+  summary = study_report.summarize(folder)  # curves: mean over the seeds at each step
+  assert summary["curves"]["t"]["accuracy"]["ref"] == {2: pytest.approx(0.35),
+                                                        4: pytest.approx(0.6)}
+
+
+# ------------------------------------------------------------------------------------------
+# A real study
+
+
+@pytest.fixture(scope="module")
+def study_run(ray_address, toy_task_file, tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("study")
+  path = _write(tmp, _spec_text(tmp, toy_task_file))
+  first = study.run_study(path, verbose=0)
+  runs = [r.trial.model_dir for r in study.load_study(path).all_runs()]
+  attempts = {d: len(Path(d, sweep.ATTEMPTS_FILE).read_text().splitlines()) for d in runs}
+  again = study.run_study(path, verbose=0)  # started again: nothing is left to run
+  return {"path": path, "first": first, "again": again, "runs": runs,
+          "attempts": attempts, "dir": tmp / "studies/toy"}
+
+
+def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_run):
+  first, again = study_run["first"], study_run["again"]
+  assert first.failed == {} and first.skipped == {"first": [], "second": []}
+  assert {s: sorted(r) for s, r in first.ran.items()} == {
+      "first": ["000_SEED=0", "001_SEED=1"], "second": ["000_SEED=0", "001_SEED=1"]}
+  assert again.ran == {"first": [], "second": []} and again.failed == {}
+  for model_dir in study_run["runs"]:
+    assert (Path(model_dir) / sweep.DONE_FILE).exists()
+    assert study_run["attempts"][model_dir] == 1
+    assert len(Path(model_dir, sweep.ATTEMPTS_FILE).read_text().splitlines()) == 1
+  # The second stage started from the first's parameters, seed for seed.
+  log = (study_run["dir"] / "second/runs/001_SEED=1" / sweep.LOG_FILE).read_text()
+  assert f"initialised from {study_run['dir'] / 'first/runs/001_SEED=1'}" in log
+
+
+def test_study_report_equals_the_numbers_recomputed_from_metrics(study_run):
+  folder = study_run["dir"]
+  with open(folder / "report/summary.csv") as f:
+    rows = {(r["arm"], r["metric"]): r for r in csv.DictReader(f)}
+  assert {m for _, m in rows} == {"accuracy", "rank_accuracy"}
+
+  def final(stage, seed, metric):
+    got = [r for r in metrics_writer.read_metrics(folder / stage / "runs" / f"00{seed}_SEED="
+                                                   f"{seed}")
+           if r["split"] == "validation" and r["metric"] == metric and r["task"] == TASK]
+    return max(got, key=lambda r: r["step"])["value"]
+
+  for metric in ("accuracy", "rank_accuracy"):
+    scratch = np.array([final("first", s, metric) for s in (0, 1)])
+    continued = np.array([final("second", s, metric) for s in (0, 1)])
+    for arm, values in (("scratch", scratch), ("continued", continued)):
+      row = rows[(arm, metric)]
+      half = T975[1] * np.std(values, ddof=1) / math.sqrt(2)
+      np.testing.assert_allclose(
+          [float(row[k] or "nan") for k in ("mean", "std", "ci95_low", "ci95_high")],
+          [values.mean(), np.std(values, ddof=1), values.mean() - half,
+           values.mean() + half] if values.std() > 0 else
+          [values.mean(), 0.0, values.mean(), values.mean()], atol=1e-9)
+    diffs = continued - scratch
+    row = rows[("continued", metric)]
+    assert float(row["diff_mean"]) == pytest.approx(diffs.mean())
+    assert int(row["diff_pairs"]) == 2
+    sign = np.sign(diffs.mean())
+    assert int(row["diff_agree"]) == int(sum(np.sign(d) == sign for d in diffs))
+    baseline = next(r["value"] for r in metrics_writer.read_metrics(
+        folder / "first/runs/000_SEED=0") if r["split"] == metrics_writer.BASELINE_SPLIT
+        and r["metric"] == metric)
+    assert float(row["baseline"]) == pytest.approx(baseline)
+  assert (folder / f"report/curves_{TASK}.png").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The vocabulary and the warmup
+
+
+def test_without_a_vocabulary_the_study_builds_one_for_every_run(tmp_path, toy_task_file,
+                                                                  monkeypatch):
+  monkeypatch.setenv("RECAST_CACHE_DIR", str(tmp_path / "cache"))
+  text = _spec_text(tmp_path, toy_task_file).replace(f"vocabulary: {TOY_VOCAB}\n", "")
+  spec = study.load_study(_write(tmp_path, text))
+  assert spec.vocabulary is None
+  assert study.compared_task_names(spec) == [TASK]
+  built = study.build_vocabulary(spec)
+  assert Path(built).parent == tmp_path / "cache/vocabularies" and Path(built).is_file()
+  assert study.build_vocabulary(spec) == built  # cached by content: built once
+  spec = study.load_study(_write(tmp_path, text), vocabulary=built)
+  assert all(f"VOCABULARY='{built}'" in r.trial.bindings for r in spec.all_runs())
+
+
+def test_warmup_is_a_fraction_of_pretraining_and_a_whole_run_warmup_warns(capsys):
+  import argparse
+  import gin
+  from recast import gin_config
+  from recast.trainer import run_values, train
+  assert run_values.fraction_of_steps(20000, 0.05) == 1000
+  assert run_values.fraction_of_steps(300, 0.05) == 15
+  gin_config.parse_run_flags(argparse.Namespace(
+      gin_file=["models/t5_1_1/tiny.gin", "experiments/self_pretraining/pretrain_self.gin"],
+      gin_bindings=["TASK='glue_rte'", "MODEL_DIR='/tmp/unused'", "PRETRAIN_STEPS=300"],
+      gin_search_paths=[]), command="train", required_macros=train.REQUIRED_MACROS,
+      finalize=False)
+  assert run_values.resolve_gin_value(gin.query_parameter("rsqrt_schedule.warmup_steps")) == 15
+  assert run_values.check_schedule(train_steps=gin_config.macro_value("TRAIN_STEPS")) is None
+  assert capsys.readouterr().err == ""
+  gin.clear_config(clear_constants=False)
+  gin.parse_config("rsqrt_schedule.warmup_steps = 1000")
+  message = run_values.check_schedule(train_steps=600)
+  assert message.startswith("WARMUP_STEPS=1000 >= TRAIN_STEPS=600: the rsqrt learning rate "
+                            "stays flat at LEARNING_RATE/sqrt(1000)")
+  assert capsys.readouterr().err == f"warning: {message}\n"
+  assert run_values.check_schedule(train_steps=600, warmup_steps=60) is None
