@@ -4,15 +4,13 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recast-installed
-# Two workers (one per core of the 2-core CI box); each test file runs whole in one worker,
-# so module fixtures (a trained toy run, a Ray session) are built once.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install install-gpu test demo bench clean
+.PHONY: install install-gpu test test-slow demo bench clean
 
 install: $(STAMP)
 
@@ -28,6 +26,11 @@ install-gpu: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# End-to-end jobs of many processes (a 2-host Ray job killed and restarted, a whole study);
+# CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
 	$(VENV)/bin/recast demo

@@ -375,8 +375,8 @@ class Evaluator:
     task_means = [np.mean(list(v.values())) for v in inference.values() if v]
     if task_means:
       averages["average"] = float(np.mean(task_means))
-    ranked = [np.mean([v for k, v in results[t].items() if k.startswith(RANK_PREFIX)])
-              for t in self.rank_labels]
+    ranked = [np.mean([v for k, v in results[t.name].items() if k.startswith(RANK_PREFIX)])
+              for t in self.tasks if any(k.startswith(RANK_PREFIX) for k in results[t.name])]
     if ranked:
       averages[f"{RANK_PREFIX}average"] = float(np.mean(ranked))
     averages.update(benchmark_scores.benchmark_scores(inference))  # GLUE/SuperGLUE score

@@ -92,18 +92,21 @@ def test_report_of_the_multitask_run(multitask_run, tmp_path):
   last = {(r["task"], r["metric"]): r["value"] for r in rows
           if r["split"] == "validation" and r["step"] == STEPS}
   with open(out / "final.csv") as f:
-    [row] = list(csv.DictReader(f))
-  assert row["run"] == "run"
-  assert list(row)[1:] == ["glue_cola/matthews_corrcoef", "glue_mrpc/accuracy",
-                           "glue_mrpc/f1", "glue_rte/accuracy", "average"]
+    row, baseline = list(csv.DictReader(f))
+  assert row["run"] == "run" and baseline["run"] == "majority class"
+  assert list(row)[1:] == [
+      "glue_cola/matthews_corrcoef", "glue_cola/rank_matthews_corrcoef", "glue_mrpc/accuracy",
+      "glue_mrpc/f1", "glue_mrpc/rank_accuracy", "glue_mrpc/rank_f1", "glue_rte/accuracy",
+      "glue_rte/rank_accuracy", "average", "average/accuracy", "average/rank_accuracy"]
+  assert float(baseline["glue_cola/matthews_corrcoef"]) == 0.0  # one label: no correlation
   for task in TASKS:
     for metric in METRICS[task]:
       assert float(row[f"{task}/{metric}"]) == pytest.approx(last[(task, metric)])
   assert float(row["average"]) == pytest.approx(last[(MIXTURE, "average")])
   with open(out / "best.csv") as f:
-    [best] = list(csv.DictReader(f))
+    best, _ = list(csv.DictReader(f))
   for column, value in best.items():
-    if column not in ("run", "average"):
+    if column != "run" and not column.startswith("average"):
       task, metric = column.split("/")
       assert float(value) == max(r["value"] for r in rows if r["split"] == "validation"
                                  and r["task"] == task and r["metric"] == metric)
