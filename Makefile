@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # End-to-end jobs of many processes (a 2-host Ray job killed and restarted, a whole study);
-# CI runs them after `make test`.
+# ~15 minutes on 2 cores.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

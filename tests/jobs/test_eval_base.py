@@ -82,7 +82,7 @@ def _eval_base_argv(out, data_dir, reference) -> list[str]:
 
 
 @pytest.mark.timeout(2400)
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_eval_base_on_real_tasks(shared_data, tmp_path, monkeypatch):
   from recast.tasks import vocabularies
   monkeypatch.chdir(REPO)

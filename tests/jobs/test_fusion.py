@@ -274,7 +274,7 @@ def fusion_run(shared_data, tmp_path_factory):
 
 
 @pytest.mark.timeout(3000)
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_cold_fusion_rounds_end_to_end(fusion_run):
   fusion_dir, _ = fusion_run
   base = checkpoints.load_config(fusion_dir / "round_0" / "fused")
@@ -317,7 +317,7 @@ def test_cold_fusion_rounds_end_to_end(fusion_run):
 
 
 @pytest.mark.timeout(3000)
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_resume_after_kill_redoes_no_finished_contributor(fusion_run):
   fusion_dir, stamps = fusion_run
   for path, mtime in stamps.items():

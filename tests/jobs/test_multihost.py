@@ -146,7 +146,7 @@ def straight_job(ray_cluster, driver, shared_data, tmp_path_factory):
   return folder / "run", result["outcome"], (folder / "single", single_code)
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_two_hosts_of_two_devices_train_like_one_process_of_four(straight_job):
   model_dir, outcome, (single_dir, single_code) = straight_job
   assert outcome.attempts == 1 and len(outcome.nodes) == 2
@@ -166,7 +166,7 @@ def test_two_hosts_of_two_devices_train_like_one_process_of_four(straight_job):
   run_lock.check_free(model_dir)  # the driver let go of the lock
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_killed_worker_restarts_both_and_ends_bit_identical(straight_job, driver, tmp_path):
   model_dir = tmp_path / "killed"
   marker = tmp_path / "hanging"

@@ -308,7 +308,7 @@ def study_run(ray_address, toy_task_file, tmp_path_factory):
           "attempts": attempts, "dir": tmp / "studies/toy"}
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_run):
   first, again = study_run["first"], study_run["again"]
   assert first.failed == {} and first.skipped == {"first": [], "second": []}
@@ -324,7 +324,7 @@ def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_
   assert f"initialised from {study_run['dir'] / 'first/runs/001_SEED=1'}" in log
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_study_report_equals_the_numbers_recomputed_from_metrics(study_run):
   folder = study_run["dir"]
   with open(folder / "report/summary.csv") as f:

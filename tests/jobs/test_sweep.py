@@ -395,7 +395,7 @@ def _stream(model_dir):
           if r["metric"] in ("loss", "accuracy", "cross_ent_loss")]
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_grid_of_8_trials_completes_with_a_table_row_each(sweep_run):
   import csv
   names, runs = sweep_run["names"], sweep_run["runs"]
@@ -427,7 +427,7 @@ def test_grid_of_8_trials_completes_with_a_table_row_each(sweep_run):
       assert attempt["cuda_visible_devices"] == attempt["gpu_ids"][0] in ("0", "1")
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrupted_one(
     sweep_run):
   names, runs = sweep_run["names"], sweep_run["runs"]
@@ -446,7 +446,7 @@ def test_killed_trial_is_retried_from_its_checkpoint_and_matches_an_uninterrupte
   assert done["attempts"] == 2 and done["step"] == STEPS
 
 
-@pytest.mark.slow  # many processes: `make test-slow` (CI runs it after make test)
+@pytest.mark.slow  # many processes: `make test-slow`
 def test_killed_driver_resumed_runs_only_the_unfinished_trials(sweep_run):
   names, runs, outcome = sweep_run["names"], sweep_run["runs"], sweep_run["outcome"]
   done_at_kill = sweep_run["done_at_kill"]
