@@ -164,6 +164,15 @@ def run_train_process(command: Sequence[str], *, log_file: str | os.PathLike,
 # Many processes, on Ray
 
 
+def add_ray_arguments(parser) -> None:
+  """The Ray flags of every command that schedules runs on Ray (sweep, study)."""
+  parser.add_argument("--address", default=None,
+                      help="join this Ray cluster ('auto' on a cluster node, or HOST:PORT); "
+                      "default: start a local Ray, dashboard off")
+  parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray")
+  parser.add_argument("--num_gpus", type=float, default=None, help="GPUs of the local Ray")
+
+
 def connect_ray(*, address: Optional[str] = None, num_cpus: Optional[int] = None,
                 num_gpus: Optional[float] = None, log_to_driver: bool = True) -> None:
   """Joins the Ray at `address` ("auto", "ray://...", "host:port"), or starts a local one;

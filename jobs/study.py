@@ -49,7 +49,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from recast import atomic_files, errors, gin_config
-from recast.jobs import sweep
+from recast.jobs import launcher, sweep
 
 STUDY_KEYS = {
     "name": "the study's folder under storage_path (default: the spec file's name)",
@@ -613,11 +613,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--dry_run", action="store_true",
                       help="check the spec and every run's gin, print the graph of runs, "
                       "run none")
-  parser.add_argument("--address", default=None,
-                      help="join this Ray cluster ('auto' on a cluster node, or HOST:PORT); "
-                      "default: start a local Ray")
-  parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray")
-  parser.add_argument("--num_gpus", type=float, default=None, help="GPUs of the local Ray")
+  launcher.add_ray_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:

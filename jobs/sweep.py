@@ -847,11 +847,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--resume", action="store_true",
                       help="finish a started sweep: run only trials without sweep_done.json "
                       "(unfinished ones resume from their newest checkpoint)")
-  parser.add_argument("--address", default=None,
-                      help="join this Ray cluster ('auto' on a cluster node, or HOST:PORT); "
-                      "default: start a local Ray, dashboard off")
-  parser.add_argument("--num_cpus", type=int, default=None, help="CPUs of the local Ray")
-  parser.add_argument("--num_gpus", type=float, default=None, help="GPUs of the local Ray")
+  launcher.add_ray_arguments(parser)
   parser.add_argument("--dry_run", action="store_true",
                       help="check the spec and every trial's gin, list the trials, run none")
   parser.add_argument("--results_only", action="store_true",
