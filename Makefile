@@ -25,12 +25,13 @@ install-gpu: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[hf,dev,gpu]"
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-# End-to-end jobs of many processes (a 2-host Ray job killed and restarted, a whole study);
-# ~15 minutes on 2 cores.
+# End-to-end jobs of many processes and runs killed and resumed (a 2-host Ray job killed and
+# restarted, a whole study, sweeps, ColD Fusion rounds, damaged checkpoints, the benchmarks'
+# flow); CI runs it after `make test`.
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/recast demo

@@ -38,6 +38,8 @@ REPORT_DIR = "report"
 EVAL_SPLIT = "validation"
 RANK_PREFIX = "rank_"
 MAJORITY_ROW = "majority class"
+# With two or more tasks: per seed, the mean over tasks of each task's metric (as GLUE's score).
+AVERAGE = "average"
 NOT_DECODED = ("loss", "token_accuracy", "average", *benchmark_scores.BENCHMARKS)
 COLUMNS = ("arm", "task", "metric", "seeds", "mean", "std", "ci95_low", "ci95_high",
            "diff_mean", "diff_ci95_low", "diff_ci95_high", "diff_agree", "diff_pairs",
@@ -132,6 +134,30 @@ def read_study(study_dir: str | os.PathLike) -> dict:
   return {"study": study, "arms": arms}
 
 
+def _arm_rows(task: str, metric: str, per_arm: Mapping[str, Mapping[Any, float]],
+              baseline: Optional[float], reference: str) -> list[dict]:
+  """summary.csv rows of one (task, metric): each arm's interval over seeds and its paired
+  difference from the reference arm."""
+  out = []
+  for arm, values in per_arm.items():
+    if not values:
+      continue
+    mean, std, low, high = interval(list(values.values()))
+    row = {"arm": arm, "task": task, "metric": metric, "seeds": len(values), "mean": mean,
+           "std": std, "ci95_low": low, "ci95_high": high, "baseline": baseline}
+    if arm != reference and per_arm.get(reference):
+      seeds = [s for s in values if s in per_arm[reference]]
+      diffs = [values[s] - per_arm[reference][s] for s in seeds]
+      if diffs:
+        d_mean, _, d_low, d_high = interval(diffs)
+        sign = np.sign(d_mean)
+        row.update(diff_mean=d_mean, diff_ci95_low=d_low, diff_ci95_high=d_high,
+                   diff_agree=int(sum(np.sign(d) == sign for d in diffs)),
+                   diff_pairs=len(diffs))
+    out.append(row)
+  return out
+
+
 def summarize(study_dir: str | os.PathLike) -> dict:
   """The report's numbers: {"rows": [summary.csv rows], "curves": {task: {metric: {arm:
   {step: mean over seeds}}}}, "tasks", "metrics": {task: [metric, rank twin]}, "reference"}."""
@@ -155,9 +181,9 @@ def summarize(study_dir: str | os.PathLike) -> dict:
     twin = f"{RANK_PREFIX}{first}"
     has_twin = any(_final(rows, task, twin) is not None for rows in all_rows)
     metrics[task] = [first] + ([twin] if has_twin else [])
-  out_rows, curves = [], {}
+  out_rows, curves, values_by = [], {}, {}
   for task in tasks:
-    for metric in metrics[task]:
+    for kind, metric in enumerate(metrics[task]):
       baseline = _baseline(all_rows, task, metric)
       per_arm = {}
       for arm, members in arms.items():
@@ -176,22 +202,28 @@ def summarize(study_dir: str | os.PathLike) -> dict:
             steps.setdefault(step, []).append(value)
         curves.setdefault(task, {}).setdefault(metric, {})[arm] = {
             s: float(np.mean(v)) for s, v in sorted(steps.items())}
-      for arm, values in per_arm.items():
-        if not values:
-          continue
-        mean, std, low, high = interval(list(values.values()))
-        row = {"arm": arm, "task": task, "metric": metric, "seeds": len(values), "mean": mean,
-               "std": std, "ci95_low": low, "ci95_high": high, "baseline": baseline}
-        if arm != reference and per_arm.get(reference):
-          seeds = [s for s in values if s in per_arm[reference]]
-          diffs = [values[s] - per_arm[reference][s] for s in seeds]
-          if diffs:
-            d_mean, _, d_low, d_high = interval(diffs)
-            sign = np.sign(d_mean)
-            row.update(diff_mean=d_mean, diff_ci95_low=d_low, diff_ci95_high=d_high,
-                       diff_agree=int(sum(np.sign(d) == sign for d in diffs)),
-                       diff_pairs=len(diffs))
-        out_rows.append(row)
+      values_by[(task, kind)] = (per_arm, baseline)
+      out_rows += _arm_rows(task, metric, per_arm, baseline, reference)
+  if len(tasks) > 1:  # the benchmark-style score: per seed, the mean over the tasks
+    average_metrics = []
+    for kind, name in enumerate((AVERAGE, RANK_PREFIX + AVERAGE)):
+      if not all(len(metrics[t]) > kind for t in tasks):
+        continue
+      average_metrics.append(name)
+      per_arm = {}
+      for arm in arms:
+        by_task = [values_by[(t, kind)][0][arm] for t in tasks]
+        seeds = [s for s in by_task[0] if all(s in v for v in by_task)]
+        per_arm[arm] = {s: float(np.mean([v[s] for v in by_task])) for s in seeds}
+        task_curves = [curves[t][metrics[t][kind]][arm] for t in tasks]
+        curves.setdefault(AVERAGE, {}).setdefault(name, {})[arm] = {
+            step: float(np.mean([c[step] for c in task_curves])) for step in task_curves[0]
+            if all(step in c for c in task_curves)}
+      baselines = [values_by[(t, kind)][1] for t in tasks]
+      baseline = None if None in baselines else float(np.mean(baselines))
+      out_rows += _arm_rows(AVERAGE, name, per_arm, baseline, reference)
+    metrics[AVERAGE] = average_metrics
+    tasks = tasks + [AVERAGE]
   return {"rows": out_rows, "curves": curves, "tasks": tasks, "metrics": metrics,
           "reference": reference, "arms": list(arms), "name": study.get("name")}
 
@@ -230,7 +262,8 @@ def markdown(summary: Mapping, plots: Sequence[Path] = ()) -> str:
   for kind in kinds:
     tasks = [t for t in summary["tasks"] if len(summary["metrics"][t]) > kind]
     label = "decoded" if kind == 0 else "rank classification"
-    header = [f"{t} ({summary['metrics'][t][kind]})" for t in tasks]
+    header = ["average over tasks" if t == AVERAGE else f"{t} ({summary['metrics'][t][kind]})"
+              for t in tasks]
     lines += [f"## Validation, {label}", "", "| arm | " + " | ".join(header) + " |",
               "|---|" + "---|" * len(tasks)]
     for arm in summary["arms"]:

@@ -38,3 +38,22 @@ def _clear_gin_bindings():
   import sys
   if "gin" in sys.modules:
     sys.modules["gin"].clear_config(clear_constants=False)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> str:
+  """The session's one local Ray, started as recast starts one (launcher.connect_ray: token
+  authentication, no dashboard) with 2 CPUs and 2 fake GPUs (Ray sets CUDA_VISIBLE_DEVICES
+  per GPU task); every test that needs Ray shares it, so none starves another of resources
+  or shuts it down under it. Yields the GCS address (`--address=` for driver processes)."""
+  import ray
+  from recast.jobs import launcher
+  # Ray refuses fake GPUs while CUDA_VISIBLE_DEVICES (set to "" above) lists none.
+  hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+  try:
+    launcher.connect_ray(num_cpus=2, num_gpus=2, log_to_driver=False)
+  finally:
+    if hidden is not None:
+      os.environ["CUDA_VISIBLE_DEVICES"] = hidden
+  yield ray.get_runtime_context().gcs_address
+  ray.shutdown()

@@ -68,6 +68,7 @@ def test_interleaved_seconds_alternates_and_skips_warmup():
   assert [len(v) for v in seconds.values()] == [2, 2]
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_benchmark_run_writes_every_section(shared_data, tmp_path, capsys):
   out = tmp_path / "bench.json"
   assert run.main(["--preset=smoke", "--vocabulary=byte", f"--data_dir={shared_data}",
@@ -151,6 +152,7 @@ def test_gpu_benchmark_skips_without_a_gpu(capsys):
   assert "skipped" in gpu.mfu(batch_size=2) and "skipped" in gpu.attention_numerics()
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_gpu_benchmark_flow_on_cpu(monkeypatch, tmp_path, capsys):
   """`python -m benchmarks.gpu`'s whole flow with the GPU check bypassed and a toy model:
   cold start with the step compiled in the background, a profile, a warm kernel variant,

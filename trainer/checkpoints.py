@@ -23,9 +23,11 @@ MODEL_DIR, one `checkpoint_N` folder) into checkpoint folders.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -301,8 +303,28 @@ def restore_train_state(model_dir: str | os.PathLike, step: int, abstract_state:
   """Reads checkpoint `step`'s train state into the structure, shapes and shardings of
   `abstract_state` (a pytree of `jax.ShapeDtypeStruct` with `.sharding`)."""
   step_dir = (Path(model_dir) / f"{STEP_PREFIX}_{step}").resolve()
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(step_dir / "state", abstract_state)
+  with _orbax_errors_left_to_the_caller(), ocp.StandardCheckpointer() as checkpointer:
+    # Every array read here, so damaged data raises now, inside the caller's handler.
+    return jax.block_until_ready(checkpointer.restore(step_dir / "state", abstract_state))
+
+
+class _DropOrbaxErrors(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+@contextlib.contextmanager
+def _orbax_errors_left_to_the_caller():
+  """While restoring: orbax's own ERROR logs (with tracebacks, from its worker threads) are
+  dropped; the error itself still raises, and a damaged checkpoint is then reported in one
+  line (`set_aside`)."""
+  log_filter = _DropOrbaxErrors()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(log_filter)
 
 
 def check_vocabulary(saved: Optional[dict], current: Optional[dict], *, source: str) -> None:

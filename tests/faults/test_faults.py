@@ -2,7 +2,7 @@
 a second writer all end with the parameters of an uninterrupted run, bit for bit, and with
 each (step, split, task, metric) in metrics.jsonl exactly once.
 
-A few cases run in `make test`; `make faults` runs every case (marker `faults`) and prints
+A few cases run in `make test-slow` (and CI); `make faults` runs every case (marker `faults`) and prints
 the figures. The runs train the tiny model on a 48-row task file (no shared data needed),
 with dropout on, evaluating every 4 steps, so data position, optimizer state, dropout keys
 and metrics must all come back.
@@ -215,6 +215,7 @@ def test_killed_at_a_random_time_resumes_to_the_same_parameters(toy, reference, 
   RESULTS.append({"case": f"kill at a random time (seed {seed})", "killed": killed, **figures})
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_kill_during_save_then_resume(toy, reference, tmp_path):
   killed_then_resumed(toy, reference, tmp_path / "run", ("save", 4, 0.02))
 
@@ -273,6 +274,7 @@ def test_damaged_newest_checkpoint_is_skipped(toy, reference, tmp_path, kind):
   damaged_then_resumed(toy, reference, tmp_path / "run", kind)
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_damaged_checkpoint_is_skipped(toy, reference, tmp_path):
   """Array data damaged under intact metadata (found only when the state is read, after the
   data stream was opened at the damaged checkpoint's position) falls back to the one before;
@@ -284,6 +286,7 @@ def test_damaged_checkpoint_is_skipped(toy, reference, tmp_path):
 # Metrics and second writers
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_torn_metrics_and_a_kill_before_the_first_checkpoint(toy, reference, tmp_path):
   """Killed after step 1 (no checkpoint yet), its metrics line then torn: the restart from
   scratch writes every row once."""
@@ -298,6 +301,7 @@ def test_torn_metrics_and_a_kill_before_the_first_checkpoint(toy, reference, tmp
                   "killed": True, **figures})
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_second_writer_fails_at_once_and_the_first_is_unharmed(toy, reference, tmp_path):
   model_dir = tmp_path / "run"
   release = tmp_path / "release"

@@ -336,33 +336,27 @@ def test_resume_after_kill_redoes_no_finished_contributor(fusion_run):
   assert len(round_2) <= 3  # at most the one killed mid-run started again
 
 
-def test_jobs_run_one_per_gpu_through_ray(tmp_path, monkeypatch):
+def test_jobs_run_one_per_gpu_through_ray(ray_session, tmp_path):
   """With (fake) GPUs in Ray, each job is a Ray task holding one GPU: Ray gives each its
   own CUDA_VISIBLE_DEVICES, and the driver's callbacks run for every job."""
-  ray = pytest.importorskip("ray")
-  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # conftest hides real GPUs
-  monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-  launcher.connect_ray(num_cpus=2, num_gpus=2, log_to_driver=False)
-  try:
-    # The local Ray recast starts: token authentication on, no dashboard listening.
-    assert os.environ.get("RAY_AUTH_MODE") == "token"
-    import psutil
-    listening = {c.laddr.port for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN}
-    assert 8265 not in listening  # Ray's dashboard port
-    calls = []
-    jobs = [launcher.TrainJob(
-        [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"],
-        tmp_path / f"job{i}.log", on_start=lambda i=i: calls.append(("start", i)),
-        on_done=lambda i=i: calls.append(("done", i))) for i in range(2)]
-    launcher.run_jobs(jobs, parallel="ray")
-    gpus = {line for i in range(2) for line in (tmp_path / f"job{i}.log").read_text().split()
-            if line.startswith("gpu=")}
-    assert gpus == {"gpu=0", "gpu=1"}
-    assert sorted(calls) == [("done", 0), ("done", 1), ("start", 0), ("start", 1)]
-    failing = launcher.TrainJob([sys.executable, "-c", "raise SystemExit(3)"],
+  import psutil
+  # The local Ray recast starts (conftest's, through launcher.connect_ray): token
+  # authentication on, no dashboard listening.
+  assert os.environ.get("RAY_AUTH_MODE") == "token"
+  listening = {c.laddr.port for c in psutil.net_connections(kind="inet")
+               if c.status == psutil.CONN_LISTEN}
+  assert 8265 not in listening  # Ray's dashboard port
+  calls = []
+  jobs = [launcher.TrainJob(
+      [sys.executable, "-c", "import os; print('gpu=' + os.environ['CUDA_VISIBLE_DEVICES'])"],
+      tmp_path / f"job{i}.log", on_start=lambda i=i: calls.append(("start", i)),
+      on_done=lambda i=i: calls.append(("done", i))) for i in range(2)]
+  launcher.run_jobs(jobs, parallel="ray")
+  gpus = {line for i in range(2) for line in (tmp_path / f"job{i}.log").read_text().split()
+          if line.startswith("gpu=")}
+  assert gpus == {"gpu=0", "gpu=1"}
+  assert sorted(calls) == [("done", 0), ("done", 1), ("start", 0), ("start", 1)]
+  failing = launcher.TrainJob([sys.executable, "-c", "raise SystemExit(3)"],
                               tmp_path / "bad.log")
-    with pytest.raises(Exception, match="exited with 3"):
-      launcher.run_jobs([failing, failing], parallel="ray")
-  finally:
-    ray.shutdown()
+  with pytest.raises(Exception, match="exited with 3"):
+    launcher.run_jobs([failing, failing], parallel="ray")

@@ -62,18 +62,11 @@ def _toy():
   return toy
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-  """The session's Ray where one is running (tests/jobs/test_sweep.py starts one), else a
-  local one of 2 CPUs for this module."""
+@pytest.fixture(scope="session")
+def ray_cluster(ray_session):
+  """The session's Ray (tests/conftest.py), as the ray module."""
   import ray
-  started = not ray.is_initialized()
-  if started:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-  yield ray
-  if started:
-    ray.shutdown()
+  return ray
 
 
 @pytest.fixture(scope="module")

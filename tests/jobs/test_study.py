@@ -27,24 +27,6 @@ TASK = "study_toy"
 T975 = {1: 12.706204736174698, 2: 4.302652729749464}
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-  """The running Ray (tests/jobs/test_sweep.py's session one) or a local one with 2 CPUs,
-  shut down after this module when started here."""
-  import ray
-  started = not ray.is_initialized()
-  if started:
-    hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    try:
-      ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    finally:
-      if hidden is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = hidden
-  yield ray.get_runtime_context().gcs_address
-  if started:
-    ray.shutdown()
-
-
 @pytest.fixture(scope="session")
 def toy_task_file(tmp_path_factory) -> Path:
   """A two-label task over 24 train and 8 validation rows written here."""
@@ -225,6 +207,44 @@ def test_built_in_studies_are_valid(name, runs, shared_data):
   assert self_run.depends_on[0].startswith("pretrain_self/000_TASK=glue_rte")
 
 
+def test_compact_models_smoke_study_hands_each_stage_to_the_next(shared_data):
+  spec = study.load_study(REPO / "gin/experiments/studies/compact_models_smoke.yaml",
+                          cwd=str(REPO))
+  study.validate_study(spec)
+  assert list(spec.stages) == ["teacher", "pretrain", "distill", "finetune"]
+  assert len(spec.all_runs()) == 1 + 1 + 4 + 6
+  assert spec.reference == "scratch" and set(spec.arms) == {
+      "scratch", "pretrained", "distilled", "pretrained_distilled"}
+  for run in spec.stages["distill"].runs:  # every distillation from the task's teacher
+    assert run.trial.bindings["TEACHER_CHECKPOINT_PATH"].endswith(
+        "teacher/runs/000_MIXTURE_OR_TASK_NAME=glue_sst2")
+  distilled = {r.trial.point["SEED"]: f"distill/{r.trial.name}"
+               for r in spec.stages["distill"].runs if r.trial.point["INIT"] == "pretrained"}
+  pd = [r for r in spec.stages["finetune"].runs
+        if r.trial.point["INIT"] == "pretrained_distilled"]
+  assert len(pd) == 2 and all(r.depends_on == (distilled[r.trial.point["SEED"]],) for r in pd)
+
+
+def test_multitask_smoke_study_compares_single_tasks_with_mixtures(shared_data):
+  spec = study.load_study(REPO / "gin/experiments/studies/multitask_smoke.yaml",
+                          cwd=str(REPO))
+  study.validate_study(spec)  # registers the spec's task file: its three mixtures
+  assert len(spec.all_runs()) == 6 + 6 + 6
+  assert set(spec.arms) == {"single", "proportional", "temperature", "equal",
+                            "multitask_finetune"} and spec.reference == "single"
+  from recast.mixtures import lookup
+  rates = {m: lookup.get_mixture_or_task(m).get_rate(lookup.get_mixture_or_task("glue_sst2"))
+           for m in ("glue3_proportional", "glue3_temperature", "glue3_equal")}
+  assert rates["glue3_proportional"] == 67349 and rates["glue3_equal"] == 1
+  assert rates["glue3_temperature"] == pytest.approx(67349 ** 0.5)
+  proportional = {r.trial.point["SEED"]: f"mixture/{r.trial.name}"
+                  for r in spec.stages["mixture"].runs
+                  if r.trial.point["MIXTURE"] == "glue3_proportional"}
+  runs = spec.stages["multitask_finetune"].runs
+  assert len(runs) == 6 and all(
+      r.depends_on == (proportional[r.trial.point["SEED"]],) for r in runs)
+
+
 # ------------------------------------------------------------------------------------------
 # The report, on synthetic runs
 
@@ -292,12 +312,50 @@ def test_report_gives_intervals_paired_differences_and_the_baseline(tmp_path, ca
                                                         4: pytest.approx(0.6)}
 
 
+def test_several_tasks_get_an_average_row_per_seed_as_a_benchmark_score(tmp_path):
+  """A mixture arm (one run per seed evaluating both tasks) against a single-task arm (one
+  run per task and seed): the average row is, per seed, the mean over the tasks."""
+  folder = tmp_path / "multi"
+  values = {("single", "a", 0): 0.6, ("single", "b", 0): 0.2, ("single", "a", 1): 0.8,
+            ("single", "b", 1): 0.4, ("mix", "a", 0): 0.7, ("mix", "b", 0): 0.5,
+            ("mix", "a", 1): 0.9, ("mix", "b", 1): 0.1}
+  runs, arms = [], {"single": {"stage": "s", "runs": []}, "mix": {"stage": "s", "runs": []}}
+  for arm, seed, tasks in [("single", 0, "a"), ("single", 0, "b"), ("single", 1, "a"),
+                           ("single", 1, "b"), ("mix", 0, "ab"), ("mix", 1, "ab")]:
+    name = f"{arm}_{tasks}_{seed}"
+    rows = [{"step": 10, "split": "validation", "task": t, "metric": "accuracy",
+             "value": values[(arm, t, seed)]} for t in tasks]
+    rows += [{"step": 0, "split": metrics_writer.BASELINE_SPLIT, "task": t,
+              "metric": "accuracy", "value": {"a": 0.5, "b": 0.7}[t]} for t in tasks]
+    (folder / "s/runs" / name).mkdir(parents=True)
+    (folder / "s/runs" / name / metrics_writer.METRICS_FILE).write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+    runs.append({"name": name, "point": {"ARM": arm, "SEED": seed},
+                 "model_dir": f"s/runs/{name}", "depends_on": []})
+    arms[arm]["runs"].append(name)
+  (folder / study_report.STUDY_FILE).write_text(json.dumps({
+      "name": "multi", "reference": "single", "metric": None, "arms": arms,
+      "stages": {"s": {"seed_axis": "SEED", "runs": runs}}}))
+  summary = study_report.summarize(folder)
+  assert summary["tasks"] == ["a", "b", study_report.AVERAGE]
+  rows = {(r["arm"], r["task"]): r for r in summary["rows"]}
+  single = rows[("single", study_report.AVERAGE)]
+  assert single["mean"] == pytest.approx(np.mean([(0.6 + 0.2) / 2, (0.8 + 0.4) / 2]))
+  assert single["seeds"] == 2 and single["baseline"] == pytest.approx(0.6)
+  mix = rows[("mix", study_report.AVERAGE)]  # seed 0: 0.6 vs 0.4; seed 1: 0.5 vs 0.6
+  assert mix["mean"] == pytest.approx(0.55)
+  assert mix["diff_mean"] == pytest.approx(np.mean([0.2, -0.1]))
+  assert (mix["diff_agree"], mix["diff_pairs"]) == (1, 2)
+  assert rows[("mix", "b")]["mean"] == pytest.approx(0.3)
+  assert "average over tasks" in study_report.markdown(summary)
+
+
 # ------------------------------------------------------------------------------------------
 # A real study
 
 
 @pytest.fixture(scope="module")
-def study_run(ray_address, toy_task_file, tmp_path_factory):
+def study_run(ray_session, toy_task_file, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("study")
   path = _write(tmp, _spec_text(tmp, toy_task_file))
   first = study.run_study(path, verbose=0)

@@ -49,22 +49,6 @@ HOOK = textwrap.dedent("""
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-  """A local Ray with 2 CPUs and 2 fake GPUs (Ray sets CUDA_VISIBLE_DEVICES per trial)."""
-  os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-  import ray
-  # Ray refuses fake GPUs while CUDA_VISIBLE_DEVICES (conftest: "") lists none.
-  hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-  try:
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-  finally:
-    if hidden is not None:
-      os.environ["CUDA_VISIBLE_DEVICES"] = hidden
-  yield ray.get_runtime_context().gcs_address
-  ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def task_file(shared_data, tmp_path_factory) -> Path:
   """A task file over the first 64 RTE train rows (train and validation alike); one for
   the session, as a task name can be registered once per process."""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 HERE = Path(__file__).resolve().parent
 STEPS = 3
@@ -49,6 +50,7 @@ def _losses(model_dir):
   return np.array([r["value"] for r in rows])
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_two_processes_give_the_loss_of_one(shared_data, tmp_path):
   driver = _toy().write_driver(tmp_path / "driver.py", shared_data)
   single = _run(driver, tmp_path / "one", env={})

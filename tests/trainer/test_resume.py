@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 HERE = Path(__file__).resolve().parent
 STEPS, PERIOD, HANG_AT = 8, 4, 6
@@ -52,6 +53,7 @@ def _params(model_dir, step):
   return jax.tree_util.tree_map(np.asarray, restored)
 
 
+@pytest.mark.slow  # runs killed, resumed or many steps long: `make test-slow`
 def test_killed_and_resumed_run_equals_straight_run(shared_data, tmp_path):
   from recast import metrics_writer
   driver = _toy().write_driver(tmp_path / "driver.py", shared_data)
