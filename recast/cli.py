@@ -35,7 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
     "eval-base": ("recast.jobs.eval_base", "model-recycling evaluation of a base model", True),
     "distill": ("recast.trainer.distillation", "distil a teacher into a student", True),
     "report": ("recast.jobs.report", "tables and plots from run folders", False),
-    "demo": ("recast.jobs.demo", "the quickstart: a small multitask study, no downloads", False),
+    "demo": ("recast.jobs.demo", "the quickstart: a small study of two arms, no downloads", False),
 }
 
 

@@ -27,6 +27,33 @@ FEED_FORWARDS = ("gated-gelu", "relu")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def preferred_activation_dtype(platform: Optional[str] = None,
+                               cpu_flags: Optional[set] = None) -> str:
+  """"bfloat16" on accelerators and on CPUs with bf16 units (AVX512-BF16, AMX-BF16: XLA:CPU
+  runs bf16 x bf16 -> float32 dots on them, BENCHMARKS.md section 6), else "float32".
+
+  >>> preferred_activation_dtype("cpu", {"avx2"}), preferred_activation_dtype("gpu")
+  ('float32', 'bfloat16')
+  """
+  platform = platform or jax.default_backend()
+  if platform != "cpu":
+    return "bfloat16"
+  if cpu_flags is None:
+    cpu_flags = set()
+    try:
+      with open("/proc/cpuinfo") as f:
+        for line in f:
+          if line.startswith("flags"):
+            cpu_flags = set(line.split(":", 1)[1].split())
+            break
+    except OSError:
+      pass
+  return "bfloat16" if cpu_flags & set(CPU_BF16_FLAGS) else "float32"
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5Config:
@@ -50,7 +77,10 @@ class T5Config:
   relative_attention_max_distance: int = 128
   dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-6
-  dtype: str = "float32"  # activation dtype; parameters are always float32.
+  # Activation dtype; parameters are always float32. "auto": bfloat16 where the hardware
+  # computes it faster (accelerators; CPUs with AVX512-BF16 or AMX-BF16 units), else float32
+  # (`preferred_activation_dtype`); a config is always built with the dtype it resolved to.
+  dtype: str = "float32"
   # "xla": attention as einsums + float32 softmax (T5X's). "cudnn": cuDNN's fused (flash)
   # attention, GPU only, bf16/fp16 activations, no attention dropout. "auto": cuDNN where
   # it can run (a GPU, bf16/fp16, dropout off or inactive), else XLA. "pallas": the flash
@@ -65,8 +95,11 @@ class T5Config:
       raise ValueError(
           f"T5Config.feed_forward={self.feed_forward!r} is not supported; use one of "
           f"{', '.join(FEED_FORWARDS)}")
+    if self.dtype == "auto":
+      object.__setattr__(self, "dtype", preferred_activation_dtype())
     if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16 or float16")
+      raise ValueError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16, float16 or "
+                       "auto")
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(
           f"T5Config.attention_implementation={self.attention_implementation!r} is not "

@@ -310,3 +310,15 @@ def test_cpu_dense_multiplies_bf16_into_float32():
   np.testing.assert_allclose(np.asarray(gx, np.float32), ex, rtol=3e-2, atol=0.2)
   np.testing.assert_allclose(np.asarray(gw, np.float32), ew, rtol=3e-2, atol=0.2)
   assert gx.dtype == gw.dtype == jnp.bfloat16
+
+
+def test_auto_activation_dtype_is_bf16_where_the_hardware_has_bf16_units():
+  prefer = network.preferred_activation_dtype
+  assert prefer("cpu", {"avx2", "avx512f"}) == "float32"
+  assert prefer("cpu", {"avx512f", "avx512_bf16"}) == "bfloat16"  # e.g. AMD Zen 4
+  assert prefer("cpu", {"amx_bf16", "amx_tile"}) == "bfloat16"    # Intel Sapphire Rapids
+  assert prefer("gpu") == prefer("tpu") == "bfloat16"
+  config = network.T5Config(dtype="auto")  # resolved when built, as checkpoints record it
+  assert config.dtype == prefer() and config.replace(d_model=8).dtype == config.dtype
+  with pytest.raises(ValueError, match="float32, bfloat16, float16 or auto"):
+    network.T5Config(dtype="bf16")
