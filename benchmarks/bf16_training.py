@@ -4,7 +4,7 @@ state both), side by side: the two runs start together, each pinned to its own c
 they share the machine's load. Prints the train loss every `--stats_period` steps of
 both, the final validation metrics, and steps/s.
 
-  python -m benchmarks.bf16_training                       # compact L4_H512 on SST-2
+  python -m benchmarks.bf16_training                       # compact L2_H256 on SST-2
   python -m benchmarks.bf16_training --steps=100 --model=models/t5_1_1/tiny.gin
 
 Needs ../shared/data (or --data_dir). The same seed, data order and dropout keys on both
@@ -113,13 +113,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.bf16_training",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="models/compact/L4_H512.gin")
+  parser.add_argument("--model", default="models/compact/L2_H256.gin")
   parser.add_argument("--task", default="glue_sst2")
-  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--inputs", type=int, default=64)
   parser.add_argument("--targets", type=int, default=8)
-  parser.add_argument("--stats_period", type=int, default=25)
+  parser.add_argument("--stats_period", type=int, default=20)
   parser.add_argument("--vocabulary", default="auto")
   parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
   parser.add_argument("--json", type=Path, default=None, help="also write the result here")

@@ -64,7 +64,8 @@ def demo_study(workdir: Path, vocab_path: Path, names: list[str], *, pretrain_st
               "gin_files": [MODEL_GIN, "runs/pretrain.gin"],
               "bindings": {"MIXTURE_OR_TASK_NAME": "demo_self_pretraining",
                            "TASK_FEATURE_LENGTHS": PRETRAIN_LENGTHS,
-                           "TRAIN_STEPS": pretrain_steps, "WARMUP_STEPS": 100,
+                           # T5's rate, 1/sqrt(10000) (trainer.run_values.check_schedule)
+                           "TRAIN_STEPS": pretrain_steps, "WARMUP_STEPS": 10000,
                            "CHECKPOINT_PERIOD": pretrain_steps},
               "grid": {"SEED": [0]}},
           "finetune": {

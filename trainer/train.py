@@ -266,7 +266,7 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
                               eval_period=eval_period, checkpoint_period=checkpoint_period)
   run_values.check_writable(model_dir)
   if jax.process_index() == 0:
-    run_values.check_schedule(train_steps=train_steps)  # a warmup as long as the run
+    run_values.check_schedule(train_steps=train_steps)  # a start rate above T5's
   task = lookup.get_mixture_or_task(mixture_or_task_name)
   vocabulary = lookup.output_vocabulary(task)
   vocab_description = vocabularies.describe(vocabulary)

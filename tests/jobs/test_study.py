@@ -7,6 +7,7 @@ twice: the second time starts no run. The report is recomputed from metrics.json
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -439,7 +440,7 @@ def test_without_a_vocabulary_the_study_builds_one_for_every_run(tmp_path, toy_t
   assert all(f"VOCABULARY='{built}'" in r.trial.bindings for r in spec.all_runs())
 
 
-def test_warmup_is_a_fraction_of_pretraining_and_a_whole_run_warmup_warns(capsys):
+def test_pretraining_keeps_t5s_rate_and_a_higher_flat_rate_warns(capsys):
   import argparse
   import gin
   from recast import gin_config
@@ -448,16 +449,22 @@ def test_warmup_is_a_fraction_of_pretraining_and_a_whole_run_warmup_warns(capsys
   assert run_values.fraction_of_steps(300, 0.05) == 15
   gin_config.parse_run_flags(argparse.Namespace(
       gin_file=["models/t5_1_1/tiny.gin", "experiments/self_pretraining/pretrain_self.gin"],
-      gin_bindings=["TASK='glue_rte'", "MODEL_DIR='/tmp/unused'", "PRETRAIN_STEPS=300"],
+      gin_bindings=["TASK='glue_rte'", "MODEL_DIR='/tmp/unused'", "PRETRAIN_STEPS=1200"],
       gin_search_paths=[]), command="train", required_macros=train.REQUIRED_MACROS,
       finalize=False)
-  assert run_values.resolve_gin_value(gin.query_parameter("rsqrt_schedule.warmup_steps")) == 15
+  # A shortened pretraining run keeps T5's 1/sqrt(10000) = 0.01: no warning.
+  assert run_values.resolve_gin_value(gin.query_parameter("rsqrt_schedule.warmup_steps")) \
+      == 10000
   assert run_values.check_schedule(train_steps=gin_config.macro_value("TRAIN_STEPS")) is None
   assert capsys.readouterr().err == ""
   gin.clear_config(clear_constants=False)
   gin.parse_config("rsqrt_schedule.warmup_steps = 1000")
   message = run_values.check_schedule(train_steps=600)
-  assert message.startswith("WARMUP_STEPS=1000 >= TRAIN_STEPS=600: the rsqrt learning rate "
-                            "stays flat at LEARNING_RATE/sqrt(1000)")
+  assert message.startswith("the rsqrt learning rate starts flat at "
+                            "LEARNING_RATE/sqrt(WARMUP_STEPS) = 0.0316 for the whole run "
+                            "(WARMUP_STEPS=1000 >= TRAIN_STEPS=600), 3.2x T5's 0.01")
   assert capsys.readouterr().err == f"warning: {message}\n"
-  assert run_values.check_schedule(train_steps=600, warmup_steps=60) is None
+  assert "until step 1000" in run_values.check_schedule(train_steps=5000, out=io.StringIO())
+  assert run_values.check_schedule(train_steps=600, warmup_steps=40000) is None
+  assert run_values.check_schedule(train_steps=600, warmup_steps=100,
+                                   base_learning_rate=0.1) is None  # 0.01 again
