@@ -252,31 +252,37 @@ def test_multitask_smoke_study_compares_single_tasks_with_mixtures(shared_data):
 # The report, on synthetic runs
 
 
+def _study_folder(folder: Path, name: str, reference: str,
+                  members: list[tuple[str, int, str, list]]) -> Path:
+  """A study folder of one stage `s`: members [(arm, seed, run name, metrics rows)]."""
+  runs, arms = [], {}
+  for arm, seed, run, rows in members:
+    model_dir = folder / "s/runs" / run
+    model_dir.mkdir(parents=True)
+    (model_dir / metrics_writer.METRICS_FILE).write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+    runs.append({"name": run, "point": {"ARM": arm, "SEED": seed},
+                 "model_dir": f"s/runs/{run}", "depends_on": []})
+    arms.setdefault(arm, {"stage": "s", "select": {"ARM": arm}, "runs": []})["runs"].append(run)
+  (folder / study_report.STUDY_FILE).write_text(json.dumps({
+      "name": name, "reference": reference, "metric": None, "arms": arms,
+      "stages": {"s": {"seed_axis": "SEED", "runs": runs}}}))
+  return folder
+
+
 def _fake_study(tmp_path: Path, values: dict, baseline: float = 0.5) -> Path:
   """A study folder: arms {arm: {seed: [(step, accuracy, rank_accuracy)]}} on task t."""
-  folder = tmp_path / "fake"
-  stage_runs, arms = [], {}
+  members = []
   for arm, by_seed in values.items():
-    arms[arm] = {"stage": "s", "select": {"ARM": arm}, "runs": []}
     for seed, curve in by_seed.items():
-      name = f"{arm}_{seed}"
-      model_dir = folder / "s/runs" / name
-      model_dir.mkdir(parents=True)
       rows = [{"step": 0, "split": metrics_writer.BASELINE_SPLIT, "task": "t",
                "metric": m, "value": baseline} for m in ("accuracy", "rank_accuracy")]
       for step, acc, rank in curve:
         rows += [{"step": step, "split": "validation", "task": "t", "metric": m, "value": v}
                  for m, v in (("loss", 1.0), ("accuracy", acc), ("f1", 0.1),
                               ("rank_accuracy", rank))]
-      (model_dir / metrics_writer.METRICS_FILE).write_text(
-          "".join(json.dumps(r) + "\n" for r in rows))
-      stage_runs.append({"name": name, "point": {"ARM": arm, "SEED": seed},
-                         "model_dir": f"s/runs/{name}", "depends_on": []})
-      arms[arm]["runs"].append(name)
-  (folder / study_report.STUDY_FILE).write_text(json.dumps({
-      "name": "fake", "reference": "ref", "metric": None, "arms": arms,
-      "stages": {"s": {"seed_axis": "SEED", "runs": stage_runs}}}))
-  return folder
+      members.append((arm, seed, f"{arm}_{seed}", rows))
+  return _study_folder(tmp_path / "fake", "fake", "ref", members)
 
 
 def test_report_gives_intervals_paired_differences_and_the_baseline(tmp_path, capsys):
@@ -318,27 +324,18 @@ def test_report_gives_intervals_paired_differences_and_the_baseline(tmp_path, ca
 def test_several_tasks_get_an_average_row_per_seed_as_a_benchmark_score(tmp_path):
   """A mixture arm (one run per seed evaluating both tasks) against a single-task arm (one
   run per task and seed): the average row is, per seed, the mean over the tasks."""
-  folder = tmp_path / "multi"
   values = {("single", "a", 0): 0.6, ("single", "b", 0): 0.2, ("single", "a", 1): 0.8,
             ("single", "b", 1): 0.4, ("mix", "a", 0): 0.7, ("mix", "b", 0): 0.5,
             ("mix", "a", 1): 0.9, ("mix", "b", 1): 0.1}
-  runs, arms = [], {"single": {"stage": "s", "runs": []}, "mix": {"stage": "s", "runs": []}}
+  members = []
   for arm, seed, tasks in [("single", 0, "a"), ("single", 0, "b"), ("single", 1, "a"),
                            ("single", 1, "b"), ("mix", 0, "ab"), ("mix", 1, "ab")]:
-    name = f"{arm}_{tasks}_{seed}"
     rows = [{"step": 10, "split": "validation", "task": t, "metric": "accuracy",
              "value": values[(arm, t, seed)]} for t in tasks]
     rows += [{"step": 0, "split": metrics_writer.BASELINE_SPLIT, "task": t,
               "metric": "accuracy", "value": {"a": 0.5, "b": 0.7}[t]} for t in tasks]
-    (folder / "s/runs" / name).mkdir(parents=True)
-    (folder / "s/runs" / name / metrics_writer.METRICS_FILE).write_text(
-        "".join(json.dumps(r) + "\n" for r in rows))
-    runs.append({"name": name, "point": {"ARM": arm, "SEED": seed},
-                 "model_dir": f"s/runs/{name}", "depends_on": []})
-    arms[arm]["runs"].append(name)
-  (folder / study_report.STUDY_FILE).write_text(json.dumps({
-      "name": "multi", "reference": "single", "metric": None, "arms": arms,
-      "stages": {"s": {"seed_axis": "SEED", "runs": runs}}}))
+    members.append((arm, seed, f"{arm}_{tasks}_{seed}", rows))
+  folder = _study_folder(tmp_path / "multi", "multi", "single", members)
   summary = study_report.summarize(folder)
   assert summary["tasks"] == ["a", "b", study_report.AVERAGE]
   rows = {(r["arm"], r["task"]): r for r in summary["rows"]}
