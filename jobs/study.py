@@ -542,6 +542,7 @@ def describe(study: Study) -> dict:
   return {
       "name": study.name, "vocabulary": study.vocabulary, "reference": study.reference,
       "metric": study.metric, "arms": study.arms,
+      "arm_order": list(study.arms),  # the spec's order (the file's keys are sorted)
       "stages": {name: {
           "seed_axis": stage.spec.seed_axis, "axes": stage.axes, "labels": list(stage.labels),
           "runs": [{"name": r.trial.name, "point": r.trial.point,

@@ -121,7 +121,8 @@ def read_study(study_dir: str | os.PathLike) -> dict:
     raise StudyReportError(f"{study_dir}: the study declares no arms: add arms: and "
                            "reference: to its spec to compare runs")
   arms = {}
-  for arm, selection in study["arms"].items():
+  for arm in study.get("arm_order") or study["arms"]:
+    selection = study["arms"][arm]
     stage = study["stages"][selection["stage"]]
     by_name = {r["name"]: r for r in stage["runs"]}
     members = []

@@ -336,7 +336,11 @@ def test_several_tasks_get_an_average_row_per_seed_as_a_benchmark_score(tmp_path
               "metric": "accuracy", "value": {"a": 0.5, "b": 0.7}[t]} for t in tasks]
     members.append((arm, seed, f"{arm}_{tasks}_{seed}", rows))
   folder = _study_folder(tmp_path / "multi", "multi", "single", members)
+  study_file = folder / study_report.STUDY_FILE  # written with sorted keys, as studies are
+  study_file.write_text(json.dumps({**json.loads(study_file.read_text()),
+                                    "arm_order": ["single", "mix"]}, sort_keys=True))
   summary = study_report.summarize(folder)
+  assert summary["arms"] == ["single", "mix"]  # the spec's order, not the file's
   assert summary["tasks"] == ["a", "b", study_report.AVERAGE]
   rows = {(r["arm"], r["task"]): r for r in summary["rows"]}
   single = rows[("single", study_report.AVERAGE)]
