@@ -138,6 +138,38 @@ def _resolve_path(path: Any, cwd: str) -> str:
   return path if os.path.isabs(path) else os.path.normpath(os.path.join(cwd, path))
 
 
+BUILT_IN_DIR = gin_config.GIN_DIR / "experiments" / "studies"
+
+
+def built_in_studies() -> list[str]:
+  """Names of the studies under gin/experiments/studies (`recast study NAME` runs one)."""
+  return sorted(p.stem for p in BUILT_IN_DIR.glob("*.yaml") if not p.stem.endswith("_tasks"))
+
+
+def find_spec(path: Path) -> Path:
+  """`path` when it is a file, else the built-in study of that name; StudySpecError naming
+  close built-in names otherwise."""
+  if path.is_file():
+    return path
+  built_in = BUILT_IN_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+  if path.parent == Path(".") and built_in.is_file():
+    return built_in
+  close = difflib.get_close_matches(path.name.removesuffix(".yaml"), built_in_studies(), n=3)
+  hint = (f"; did you mean {' or '.join(close)} (built in)?" if close else
+          f"; the built-in studies are {', '.join(built_in_studies())}")
+  raise StudySpecError(f"study spec {path} not found{hint}")
+
+
+def _beside_spec(file: Any, spec_path: Path) -> Any:
+  """A relative task file found beside the spec is that one (so a study runs from any
+  folder); otherwise the path as given (relative to the working folder)."""
+  if isinstance(file, str) and not os.path.isabs(os.path.expanduser(file)):
+    beside = spec_path.resolve().parent / file
+    if beside.is_file():
+      return str(beside)
+  return file
+
+
 def is_reference(value: Any) -> bool:
   """Whether a YAML value is a reference to another stage's runs ({stage: S, ...})."""
   return isinstance(value, dict) and "stage" in value
@@ -193,8 +225,7 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
   """
   path = Path(path)
   cwd = cwd or os.getcwd()
-  if not path.is_file():
-    raise StudySpecError(f"study spec {path} not found")
+  path = find_spec(path)
   text = path.read_text()
   try:
     raw = yaml.safe_load(text) or {}
@@ -244,7 +275,7 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
         "name": str(stage_name), "storage_path": str(study_dir),
         "gin_files": stage_raw.get("gin_files") or [],
         "gin_search_paths": raw.get("gin_search_paths") or [],
-        "tasks_files": raw.get("tasks_files") or [],
+        "tasks_files": [_beside_spec(f, path) for f in raw.get("tasks_files") or []],
         "bindings": bindings, "grid": stage_raw.get("grid") or {},
         "points": stage_raw.get("points") or [], "env": raw.get("env") or {},
         "resources_per_trial": stage_raw.get("resources_per_trial",

@@ -469,3 +469,15 @@ def test_pretraining_keeps_t5s_rate_and_a_higher_flat_rate_warns(capsys):
   assert run_values.check_schedule(train_steps=600, warmup_steps=40000) is None
   assert run_values.check_schedule(train_steps=600, warmup_steps=100,
                                    base_learning_rate=0.1) is None  # 0.01 again
+
+
+def test_a_built_in_study_is_found_by_name_and_a_typo_names_the_close_one(tmp_path,
+                                                                          monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert study.find_spec(Path("multitask_smoke")) == study.BUILT_IN_DIR / "multitask_smoke.yaml"
+  assert "compact_models_smoke" in study.built_in_studies()
+  assert "multitask_smoke_tasks" not in study.built_in_studies()  # a task file, not a study
+  with pytest.raises(study.StudySpecError, match="did you mean multitask_smoke "):
+    study.find_spec(Path("multitask_smok.yaml"))
+  with pytest.raises(study.StudySpecError, match="the built-in studies are "):
+    study.find_spec(Path("nothing/like/this.yaml"))
