@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks.cpu_bf16 import cpu_description
+from recast import metrics_writer
 from benchmarks.tables import table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +43,6 @@ def _command(dtype: str, model_dir: Path, args: argparse.Namespace) -> list[str]
   return [sys.executable, "-m", "recast", "train", f"--gin_file={args.model}",
           "--gin_file=runs/finetune.gin",
           *[f"--gin.{name}={value}" for name, value in values.items()]]
-
-
-def _read_rows(model_dir: Path) -> list[dict]:
-  path = model_dir / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def bf16_training(args: argparse.Namespace) -> dict:
@@ -74,7 +70,7 @@ def bf16_training(args: argparse.Namespace) -> dict:
       if code != 0:
         raise SystemExit(f"the {dtype} run failed ({code}):\n{text[-3000:]}")
       rate = re.search(r"done: .*?([0-9.]+) steps/s", text)
-      rows = _read_rows(model_dir)
+      rows = metrics_writer.read_metrics(model_dir)
       out["runs"][dtype] = {
           "wall_s": time.perf_counter() - started,
           "steps_per_s": float(rate.group(1)) if rate else None,

@@ -36,16 +36,8 @@ FLAG_SETS = {
 
 def cpu_description() -> dict[str, Any]:
   """Model name and the bf16-relevant ISA flags of this CPU (from /proc/cpuinfo)."""
-  model, flags = "", set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name") and not model:
-          model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags") and not flags:
-          flags = set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
+  from recast.trainer.network import cpu_info
+  model, flags = cpu_info()
   wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx2")
   return {"model": model, "isa": [f for f in wanted if f in flags], "cores": os.cpu_count()}
 

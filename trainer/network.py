@@ -41,17 +41,24 @@ def preferred_activation_dtype(platform: Optional[str] = None,
   platform = platform or jax.default_backend()
   if platform != "cpu":
     return "bfloat16"
-  if cpu_flags is None:
-    cpu_flags = set()
-    try:
-      with open("/proc/cpuinfo") as f:
-        for line in f:
-          if line.startswith("flags"):
-            cpu_flags = set(line.split(":", 1)[1].split())
-            break
-    except OSError:
-      pass
-  return "bfloat16" if cpu_flags & set(CPU_BF16_FLAGS) else "float32"
+  flags = cpu_info()[1] if cpu_flags is None else cpu_flags
+  return "bfloat16" if flags & set(CPU_BF16_FLAGS) else "float32"
+
+
+def cpu_info() -> tuple[str, set]:
+  """(model name, ISA flags) of this machine's CPU from /proc/cpuinfo; ("", set()) where
+  there is none."""
+  model, flags = "", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and not model:
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return model, flags
 
 
 @gin.configurable
