@@ -55,11 +55,14 @@ from recast.trainer.network import T5Config
 RULES = ("mean", "examples")
 # T5Config fields that change no parameter shape: they may differ between fused models.
 NON_ARCHITECTURE_FIELDS = ("dropout_rate", "dtype", "attention_implementation")
-DONE = "DONE"
-SETTINGS_FILE = "fusion.json"
+DONE = checkpoints.FUSION_ROUND_DONE
+SETTINGS_FILE = checkpoints.FUSION_SETTINGS_FILE
 EVENTS_FILE = "events.jsonl"
 SCORES_FILE = "scores.json"
 INFERENCE_EXCLUDED = ("loss", "token_accuracy")
+# score_rows' columns after the tasks: (column, the per-task key averaged over tasks).
+SUMMARY_COLUMNS = (("average", "score"), ("rank_average", "rank_score"), ("loss", "loss"),
+                   ("token_accuracy", "token_accuracy"))
 
 
 class FusionError(errors.UserError):
@@ -92,7 +95,8 @@ class FusionInput:
 
 
 def open_checkpoint(path: str | os.PathLike) -> FusionInput:
-  """A parameter checkpoint, a run's MODEL_DIR (its newest checkpoint) or a checkpoint_N."""
+  """A parameter checkpoint, a run's MODEL_DIR (its newest checkpoint), a checkpoint_N or a
+  FUSION_DIR (its last fused round)."""
   try:
     ref = checkpoints.resolve(path, what="fusion input")[-1]
   except checkpoints.CheckpointError as e:
@@ -306,13 +310,19 @@ def pool_mixture_name(pool: Sequence[str]) -> str:
 
 def task_scores(results: Mapping[str, Mapping[str, float]], tasks: Sequence[str]
                 ) -> dict[str, dict[str, float]]:
-  """Per task: its Evaluator metrics plus `score`, the mean of its inference metrics
-  (accuracy, f1, ...; not loss or token_accuracy), as T5's benchmark averages do."""
+  """Per task: its Evaluator metrics plus `score`, the mean of its decoded metrics
+  (accuracy, f1, ...; not loss or token_accuracy), as T5's benchmark averages do, and
+  `rank_score`, the mean of its rank-classification metrics (rank_accuracy, ...) when it
+  has them."""
   scores = {}
   for task in tasks:
     values = dict(results.get(task, {}))
-    inference = [v for k, v in values.items() if k not in INFERENCE_EXCLUDED]
-    values["score"] = float(np.mean(inference)) if inference else float("nan")
+    metrics = [k for k in values if k not in INFERENCE_EXCLUDED]
+    decoded = [values[k] for k in metrics if not k.startswith(evaluation.RANK_PREFIX)]
+    ranked = [values[k] for k in metrics if k.startswith(evaluation.RANK_PREFIX)]
+    values["score"] = float(np.mean(decoded)) if decoded else float("nan")
+    if ranked:
+      values["rank_score"] = float(np.mean(ranked))
     scores[task] = values
   return scores
 
@@ -444,7 +454,7 @@ def prepare_base(round_dir: Path, *, base_checkpoint: Optional[str], vocabulary:
   else:
     source = open_checkpoint(base)
   config = T5Config(**source.config)
-  if config.vocab_size != vocabulary.vocab_size:
+  if config.vocab_size < vocabulary.vocab_size:  # larger: padded, as T5's 32100 -> 32128
     shutil.rmtree(fused, ignore_errors=True)
     raise FusionError(
         f"base checkpoint {base} has vocab_size {config.vocab_size} but the pool's vocabulary "
@@ -516,8 +526,10 @@ def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
   writer = metrics_writer.MetricsWriter(fusion_dir)
   for task, values in scores.items():
     writer.write(round_index, "validation", task, values)
-  writer.write(round_index, "validation", "average",
-               {"score": float(np.mean([v["score"] for v in scores.values()]))})
+  average = {"score": float(np.mean([v["score"] for v in scores.values()]))}
+  if all("rank_score" in v for v in scores.values()):
+    average["rank_score"] = float(np.mean([v["rank_score"] for v in scores.values()]))
+  writer.write(round_index, "validation", "average", average)
   writer.close()
   atomic_files.write_json(round_dir / DONE, {"round": round_index})
   _event(fusion_dir, "round_done", round=round_index,
@@ -539,9 +551,9 @@ def score_rows(fusion_dir: str | os.PathLike) -> list[dict]:
   while is_done(fusion_dir / f"round_{r}"):
     scores = json.loads((fusion_dir / f"round_{r}" / SCORES_FILE).read_text())
     row = {"round": r, **{t: v["score"] for t, v in scores.items()}}
-    for name, key in (("average", "score"), ("loss", "loss"),
-                      ("token_accuracy", "token_accuracy")):
-      row[name] = float(np.mean([v.get(key, np.nan) for v in scores.values()]))
+    for name, key in SUMMARY_COLUMNS:
+      if name != "rank_average" or all("rank_score" in v for v in scores.values()):
+        row[name] = float(np.mean([v.get(key, np.nan) for v in scores.values()]))
     rows.append(row)
     r += 1
   return rows
@@ -552,15 +564,16 @@ def write_score_report(fusion_dir: str | os.PathLike, rows: Sequence[dict]) -> N
   fusion_dir = Path(fusion_dir)
   if not rows:
     return
-  summary = ("average", "loss", "token_accuracy")
+  summary = [name for name, _ in SUMMARY_COLUMNS if name in rows[0]]
   tasks = [k for k in rows[0] if k != "round" and k not in summary]
   columns = ["round", *tasks, *summary]
   fmt = lambda v: str(v) if isinstance(v, int) else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3f}"
   md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   md += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
   base = rows[0]["average"]
-  md += ["", "Scores: each task's mean validation metric (0-100) of the round's fused model; "
-         "loss and token_accuracy: teacher-forced, mean over tasks.",
+  md += ["", "Scores: each task's mean decoded validation metric (0-100) of the round's "
+         "fused model; rank_average: the mean over tasks of their rank-classification "
+         "metrics; loss and token_accuracy: teacher-forced, mean over tasks.",
          "Round 0 is the base. Gain of each round's average over the base: " +
          ", ".join(f"round {row['round']}: {row['average'] - base:+.2f}" for row in rows[1:])]
   atomic_files.write_text(fusion_dir / "scores.md", "\n".join(md) + "\n")

@@ -59,10 +59,11 @@ class TrainFlags:
   python: str = sys.executable
 
   def command(self, overrides: Optional[Mapping[str, Any]] = None, *,
-              bindings: Sequence[str] = ()) -> list[str]:
-    """`python -m recast train`: the shared flags, then `bindings` ("NAME=VALUE"), then
-    `overrides` ({macro: python value}); later bindings win, as on the command line."""
-    cmd = [self.python, "-m", "recast", "train"]
+              bindings: Sequence[str] = (), subcommand: str = "train") -> list[str]:
+    """`python -m recast train` (or another gin-taking `subcommand`, e.g. "fuse"): the
+    shared flags, then `bindings` ("NAME=VALUE"), then `overrides` ({macro: python value});
+    later bindings win, as on the command line."""
+    cmd = [self.python, "-m", "recast", subcommand]
     cmd += [f"--gin_file={self._absolute(f)}" for f in self.gin_files]
     cmd += [f"--gin_search_paths={p}" for p in self.gin_search_paths]
     cmd += [f"--tasks_file={self._absolute(f)}" for f in self.tasks_files]

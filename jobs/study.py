@@ -25,8 +25,12 @@ Ray Tune); a later stage names an earlier stage's runs by their bindings:
     reference: random                 # the arm the others are compared with
 
 `{stage: S, AXIS: same, OTHER: value}` is the MODEL_DIR of the one run of stage S whose AXIS
-equals this run's and whose OTHER is value (`{stage: S}`: S's only run). Stages run in
-the order their references need (else as written). Everything that can reject the spec
+equals this run's and whose OTHER is value (`{stage: S}`: S's only run). A stage with
+`command: fuse` runs `recast fuse` (ColD Fusion rounds) instead, its FUSION_DIR the run's
+folder; a reference to one of its runs names its last fused model (a FUSION_DIR resolves
+to it: recast.trainer.checkpoints.resolve). Runs start in waves: each as soon as the runs
+it names are done, with the other runs that can start then, whatever their stage (a stage
+is listed after the stages it references, else as written). Everything that can reject the spec
 (unknown keys, stages, axes; a cycle; arms that select nothing; a second vocabulary; and
 every run's gin, as `recast sweep` checks it) is checked before any run starts, and a
 spec error names its line. A run is finished when it wrote sweep_done.json (it reached
@@ -38,6 +42,7 @@ At the end (and with `recast report STUDY_DIR`) recast.jobs.study_report writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -69,6 +74,9 @@ STUDY_KEYS = {
     "metric": "the compared validation metric (default: each task's first decoded metric)",
 }
 STAGE_KEYS = {
+    "command": "train (default): each run a `recast train`; fuse: each run a `recast fuse` "
+               "(ColD Fusion rounds, FUSION_DIR = the run's folder; a later stage naming it "
+               "starts from its last fused model)",
     "gin_files": "gin files of every run of the stage, in order",
     "bindings": "{NAME: VALUE} gin bindings of the stage (a value may be {stage: S, ...})",
     "grid": "{NAME: [values]}: cartesian axes",
@@ -79,6 +87,8 @@ STAGE_KEYS = {
 }
 STUDY_FILE = "study.json"
 REPORT_DIR = "report"
+# A stage's command -> the macro its runs' folders are bound to.
+COMMANDS = {"train": "MODEL_DIR", "fuse": "FUSION_DIR"}
 SAME = "same"
 VOCABULARY = "VOCABULARY"
 
@@ -194,6 +204,12 @@ class Stage:
   labels: tuple
   refs: dict           # binding name -> (reference, YAML path) of the stage's bindings
   runs: list = dataclasses.field(default_factory=list)
+  command: str = "train"  # "fuse": ColD Fusion runs (COMMANDS)
+
+  @property
+  def folder_macro(self) -> str:
+    """The macro each run's folder is bound to."""
+    return COMMANDS[self.command]
 
   @property
   def axes(self) -> list[str]:
@@ -288,6 +304,12 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
                               extra_tasks_files=extra_tasks_files)
     except sweep.SweepSpecError as e:
       raise lines.error(at, str(e)) from None
+    command = stage_raw.get("command", "train")
+    if command not in COMMANDS:
+      close = difflib.get_close_matches(str(command), list(COMMANDS), n=1)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      raise lines.error(at + ("command",), f"stage {stage_name}: command {command!r} is not "
+                        f"one a stage runs; {hint}use one of {', '.join(COMMANDS)}")
     labels = stage_raw.get("labels") or []
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
       raise lines.error(at + ("labels",), "labels must be a list of axis names, e.g. [INIT]")
@@ -296,7 +318,7 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
         raise lines.error(at + ("labels", i), f"label {label!r} is not an axis of stage "
                           f"{stage_name}; its axes: {', '.join(spec.axis_names)}")
     stages[str(stage_name)] = Stage(name=str(stage_name), spec=spec, labels=tuple(labels),
-                                    refs=refs)
+                                    refs=refs, command=command)
 
   _check_references(stages, stages_raw, lines)
   order = _run_order(stages, stages_raw, lines)
@@ -432,9 +454,10 @@ def _resolve_runs(stage: Stage, stages: Mapping[str, Stage], stages_raw: Mapping
       bindings.append(sweep.gin_binding(key, value))
     if vocabulary:
       bindings.append(sweep.gin_binding(VOCABULARY, vocabulary))
-    bindings.append(sweep.gin_binding("MODEL_DIR", model_dir))
+    bindings.append(sweep.gin_binding(stage.folder_macro, model_dir))
     runs.append(Run(stage=stage.name, depends_on=tuple(depends), trial=dataclasses.replace(
-        trial, name=run_name, point=point, bindings=tuple(bindings), model_dir=model_dir)))
+        trial, name=run_name, point=point, bindings=tuple(bindings), model_dir=model_dir,
+        command=stage.command)))
   return runs
 
 
@@ -513,7 +536,6 @@ def compared_task_names(study: Study) -> list[str]:
   import gin
   from recast.mixtures import lookup
   from recast.tasks import task_files
-  from recast.trainer import train
   names = {a["stage"] for a in study.arms.values()} or {list(study.stages)[-1]}
   found = []
   for stage in (study.stages[n] for n in names):
@@ -523,10 +545,9 @@ def compared_task_names(study: Study) -> list[str]:
       try:
         gin_config.parse_run_flags(argparse.Namespace(
             gin_file=list(run.trial.gin_files), gin_bindings=list(run.trial.bindings),
-            gin_search_paths=list(stage.spec.gin_search_paths)), command="train",
-            required_macros=train.REQUIRED_MACROS, finalize=False)
-        task = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
-        if isinstance(task, str):
+            gin_search_paths=list(stage.spec.gin_search_paths)), command=run.trial.command,
+            required_macros=sweep.REQUIRED_MACROS[run.trial.command], finalize=False)
+        for task in sweep.trial_task_names():
           lookup.get_mixture_or_task(task)
           if task not in found:
             found.append(task)
@@ -550,8 +571,13 @@ def build_vocabulary(study: Study) -> str:
     name = f"study_{study.name}_text"
     if name not in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.add(name, tasks, default_rate=1.0)
-  stage = next(s for s in study.stages.values() if s.name in
-               ({a["stage"] for a in study.arms.values()} or {list(study.stages)[-1]}))
+  # The task is bound through a training run's gin (a fuse stage's names a pool instead).
+  compared = {a["stage"] for a in study.arms.values()} or {list(study.stages)[-1]}
+  trains = [s for s in study.stages.values() if s.command == "train"]
+  stage = next((s for s in trains if s.name in compared), trains[0] if trains else None)
+  if stage is None:
+    raise StudySpecError(f"{study.path}: a study of fuse stages alone cannot build its "
+                         "vocabulary; set `vocabulary:` to a SentencePiece model or 'byte'")
   run = stage.runs[0]
   try:
     gin_config.parse_run_flags(argparse.Namespace(
@@ -575,7 +601,8 @@ def describe(study: Study) -> dict:
       "metric": study.metric, "arms": study.arms,
       "arm_order": list(study.arms),  # the spec's order (the file's keys are sorted)
       "stages": {name: {
-          "seed_axis": stage.spec.seed_axis, "axes": stage.axes, "labels": list(stage.labels),
+          "command": stage.command, "seed_axis": stage.spec.seed_axis, "axes": stage.axes,
+          "labels": list(stage.labels),
           "runs": [{"name": r.trial.name, "point": r.trial.point,
                     "model_dir": os.path.relpath(r.trial.model_dir, study.study_dir),
                     "depends_on": list(r.depends_on), "bindings": list(r.trial.bindings)}
@@ -588,9 +615,10 @@ def print_graph(study: Study, out=None) -> None:
   vocab = study.vocabulary or "built from the compared tasks' text at the start"
   print(f"study {study.name}: {study.study_dir}; vocabulary: {vocab}", file=out)
   for stage in study.stages.values():
-    print(f"stage {stage.name} ({len(stage.runs)} runs):", file=out)
+    command = "" if stage.command == "train" else f", recast {stage.command}"
+    print(f"stage {stage.name} ({len(stage.runs)} runs{command}):", file=out)
     for run in stage.runs:
-      shown = [b for b in run.trial.bindings if not b.startswith("MODEL_DIR=")]
+      shown = [b for b in run.trial.bindings if not b.startswith(f"{stage.folder_macro}=")]
       deps = f"  <- {', '.join(run.depends_on)}" if run.depends_on else ""
       print(f"  {run.trial.name}: {' '.join(shown)}{deps}", file=out)
   for arm, selection in study.arms.items():
@@ -607,12 +635,29 @@ class StudyOutcome:
   report_dir: Optional[Path] = None
 
 
+def waves(study: Study) -> list[list[Run]]:
+  """The study's runs grouped so that each starts as soon as the runs it names are done:
+  wave k holds the runs whose longest chain of dependencies has k links (wave 0: runs that
+  need no other run), whatever their stage."""
+  level: dict[str, int] = {}
+  for stage in study.stages.values():  # in run order: a run's dependencies come first
+    for run in stage.runs:
+      level[f"{stage.name}/{run.trial.name}"] = 1 + max(
+          (level[d] for d in run.depends_on), default=-1)
+  out: list[list[Run]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+  for run in study.all_runs():
+    out[level[f"{run.stage}/{run.trial.name}"]].append(run)
+  return out
+
+
 def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, num_gpus: Optional[float] = None,
               extra_tasks_files: Sequence[str] = (), verbose: int = 1) -> StudyOutcome:
-  """Checks the whole study, builds its vocabulary when none is given, runs each stage's
-  unfinished runs (recast.jobs.sweep.run_sweep on Ray) in order, then writes the report.
-  Stops after a stage with failed runs (later stages need them)."""
+  """Checks the whole study, builds its vocabulary when none is given, runs the unfinished
+  runs on Ray (recast.jobs.sweep's trials and retries) wave by wave (`waves`: a run starts
+  with every other run whose dependencies are done, across stages), writes each stage's
+  sweep tables, then the report. Stops after a wave with failed runs (later runs may need
+  them)."""
   from recast.jobs import study_report
   study = load_study(path, extra_tasks_files=extra_tasks_files)
   if study.vocabulary is None:
@@ -622,15 +667,39 @@ def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
   study.study_dir.mkdir(parents=True, exist_ok=True)
   atomic_files.write_json(study.study_dir / STUDY_FILE, describe(study))
   outcome = StudyOutcome(study_dir=study.study_dir, ran={}, skipped={}, failed={})
-  for stage in study.stages.values():
-    print(f"stage {stage.name}: {len(stage.runs)} runs", flush=True)
-    result = sweep.run_sweep(stage.spec, resume=True, address=address, num_cpus=num_cpus,
-                             num_gpus=num_gpus, verbose=verbose,
-                             trials=[r.trial for r in stage.runs])
-    outcome.ran[stage.name], outcome.skipped[stage.name] = result.ran, result.skipped
-    if result.failed:
-      outcome.failed[stage.name] = result.failed
-      return outcome
+  with contextlib.ExitStack() as held:  # one driver per stage folder, for the whole study
+    for stage in study.stages.values():
+      held.enter_context(sweep.hold_experiment(stage.spec, [r.trial for r in stage.runs],
+                                               resume=True))
+      outcome.ran[stage.name] = []
+      outcome.skipped[stage.name] = [r.trial.name for r in stage.runs
+                                     if sweep.is_done(r.trial)]
+    for index, wave in enumerate(waves(study)):
+      pending = [r for r in wave if not sweep.is_done(r.trial)]
+      if not pending:
+        continue
+      counts = ", ".join(f"{name} {sum(r.stage == name for r in pending)}"
+                         for name in study.stages if any(r.stage == name for r in pending))
+      print(f"wave {index}: {len(pending)} runs ({counts})", flush=True)
+      limits = [study.stages[r.stage].spec.max_concurrent_trials for r in pending]
+      limits = [n for n in limits if n]
+      failed = sweep.tune_trials(
+          [(study.stages[r.stage].spec, r.trial) for r in pending],
+          tune_dir=study.study_dir / "tune", max_concurrent_trials=min(limits, default=None),
+          max_failures=study.stages[pending[0].stage].spec.max_failures, address=address,
+          num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
+      failed_names = {(spec.name, trial.name) for spec, trial in failed}
+      for run in pending:
+        if (run.stage, run.trial.name) in failed_names:
+          outcome.failed.setdefault(run.stage, []).append(run.trial.name)
+        else:
+          outcome.ran[run.stage].append(run.trial.name)
+      for stage in study.stages.values():  # tables of the stages this wave finished
+        if any(r.stage == stage.name for r in pending) and all(
+            sweep.is_done(r.trial) for r in stage.runs):
+          sweep.write_results(stage.spec, [r.trial for r in stage.runs])
+      if outcome.failed:
+        return outcome
   if study.arms:
     outcome.report_dir = study_report.write_study_report(study.study_dir)
   return outcome

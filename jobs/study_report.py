@@ -170,6 +170,7 @@ def summarize(study_dir: str | os.PathLike) -> dict:
   for rows in all_rows:
     for row in rows:
       if (row["split"] == EVAL_SPLIT and row["task"] and row["task"] not in tasks
+          and row["task"] != AVERAGE  # a fusion run's own average row: recomputed below
           and _decoded_metrics(rows, row["task"])):
         tasks.append(row["task"])
   if not tasks:
@@ -205,22 +206,25 @@ def summarize(study_dir: str | os.PathLike) -> dict:
             s: float(np.mean(v)) for s, v in sorted(steps.items())}
       values_by[(task, kind)] = (per_arm, baseline)
       out_rows += _arm_rows(task, metric, per_arm, baseline, reference)
-  if len(tasks) > 1:  # the benchmark-style score: per seed, the mean over the tasks
+  # The benchmark-style score: per seed, the mean over the tasks the reference arm is
+  # scored on (a ColD Fusion arm's seen tasks are not among a recycling reference's).
+  averaged = [t for t in tasks if values_by[(t, 0)][0].get(reference)] or tasks
+  if len(averaged) > 1:
     average_metrics = []
     for kind, name in enumerate((AVERAGE, RANK_PREFIX + AVERAGE)):
-      if not all(len(metrics[t]) > kind for t in tasks):
+      if not all(len(metrics[t]) > kind for t in averaged):
         continue
       average_metrics.append(name)
       per_arm = {}
       for arm in arms:
-        by_task = [values_by[(t, kind)][0][arm] for t in tasks]
+        by_task = [values_by[(t, kind)][0][arm] for t in averaged]
         seeds = [s for s in by_task[0] if all(s in v for v in by_task)]
         per_arm[arm] = {s: float(np.mean([v[s] for v in by_task])) for s in seeds}
-        task_curves = [curves[t][metrics[t][kind]][arm] for t in tasks]
+        task_curves = [curves[t][metrics[t][kind]][arm] for t in averaged]
         curves.setdefault(AVERAGE, {}).setdefault(name, {})[arm] = {
             step: float(np.mean([c[step] for c in task_curves])) for step in task_curves[0]
             if all(step in c for c in task_curves)}
-      baselines = [values_by[(t, kind)][1] for t in tasks]
+      baselines = [values_by[(t, kind)][1] for t in averaged]
       baseline = None if None in baselines else float(np.mean(baselines))
       out_rows += _arm_rows(AVERAGE, name, per_arm, baseline, reference)
     metrics[AVERAGE] = average_metrics

@@ -35,6 +35,7 @@ recycling (gain over the baseline per task) as CSV and markdown, and PNG plots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -79,6 +80,8 @@ SPEC_KEYS = {
 GIN_FILE_AXIS = "gin_file"
 TASK_AXES = ("MIXTURE_OR_TASK_NAME", "train.mixture_or_task_name")
 DONE_FILE = "sweep_done.json"
+# Macros each trial command must bind (a study's fuse stage runs `recast fuse`).
+REQUIRED_MACROS = {"train": train.REQUIRED_MACROS, "fuse": ("FUSION_DIR", "CONTRIBUTOR_POOL")}
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
 LOG_FILE = launcher.LOG_FILE
 SWEEP_FILE = "sweep.json"
@@ -106,12 +109,13 @@ class Trial:
   gin_files: tuple
   bindings: tuple
   model_dir: str
+  command: str = "train"  # or "fuse" (a study's ColD Fusion stage: FUSION_DIR = model_dir)
 
   def train_command(self, spec: "SweepSpec") -> list[str]:
-    """`python -m recast train ...` for this trial (launcher.TrainFlags.command)."""
+    """`python -m recast train ...` (or `fuse`) for this trial (launcher.TrainFlags)."""
     flags = launcher.TrainFlags(gin_files=self.gin_files, gin_search_paths=spec.gin_search_paths,
                                 tasks_files=spec.tasks_files, cwd=spec.cwd)
-    return flags.command(bindings=self.bindings)
+    return flags.command(bindings=self.bindings, subcommand=self.command)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +375,17 @@ def _check_baseline(spec: SweepSpec, path: Path) -> None:
     raise SweepSpecError(f"{path}: no point of the grid has baseline {spec.baseline}")
 
 
+def trial_task_names() -> list[str]:
+  """The tasks the parsed gin config trains on: MIXTURE_OR_TASK_NAME, or a fusion's
+  CONTRIBUTOR_POOL."""
+  name = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
+  pool = gin_config.macro_value("CONTRIBUTOR_POOL", None)
+  names = [name] if isinstance(name, str) else []
+  if isinstance(pool, (list, tuple)):
+    names += [n for n in pool if isinstance(n, str) and n not in names]
+  return names
+
+
 def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   """Parses every trial's gin (base files, point, MODEL_DIR) without running anything.
 
@@ -382,15 +397,14 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
     task_files.register_task_file(path)
   try:
     for trial in trials:
-      try:  # The trial's `recast train` opening, as its process will run it; it rejects a
-        # macro binding nothing reads (gin_config.check_macro_bindings).
+      try:  # The trial's `recast train` (or `fuse`) opening, as its process will run it;
+        # it rejects a macro binding nothing reads (gin_config.check_macro_bindings).
         gin_config.parse_run_flags(argparse.Namespace(
             gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
-            gin_search_paths=list(spec.gin_search_paths)), command="train",
-            required_macros=train.REQUIRED_MACROS, finalize=False)
-        task_name = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
-        if isinstance(task_name, str):
-          lookup.get_mixture_or_task(task_name)
+            gin_search_paths=list(spec.gin_search_paths)), command=trial.command,
+            required_macros=REQUIRED_MACROS[trial.command], finalize=False)
+        for name in trial_task_names():
+          lookup.get_mixture_or_task(name)
       except errors.UserError as e:
         raise type(e)(f"trial {trial.name}: {e}") from None
   finally:
@@ -482,7 +496,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
         command, log_file=model_dir / LOG_FILE, env=env,
         cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
         header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
-        what=f"recast train for {trial['name']}", on_poll=report_progress,
+        what=f"recast {trial['command']} for {trial['name']}", on_poll=report_progress,
         die_with_parent=True)
   summary = summarize_metrics(metrics_writer.read_metrics(model_dir))
   atomic_files.write_json(model_dir / DONE_FILE, {
@@ -528,11 +542,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] =
   trials = list(trials) if trials is not None else spec.trials()
   validate_trials(spec, trials)
   experiment_dir = spec.experiment_dir
-  _check_experiment_dir(spec, trials, resume=resume)
-  with run_lock.hold(experiment_dir, what="experiment folder"):  # one sweep driver
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    atomic_files.write_json(experiment_dir / SWEEP_FILE, _describe(spec, trials))
-    done = [t for t in trials if (Path(t.model_dir) / DONE_FILE).exists()]
+  with hold_experiment(spec, trials, resume=resume):
+    done = [t for t in trials if is_done(t)]
     pending = [t for t in trials if t not in done]
     outcome = SweepOutcome(experiment_dir=experiment_dir, ran=[t.name for t in pending],
                            skipped=[t.name for t in done], failed=[])
@@ -544,6 +555,23 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] =
                              num_gpus=num_gpus, verbose=verbose)
     outcome.results_dir = write_results(spec, trials)
   return outcome
+
+
+def is_done(trial: Trial) -> bool:
+  """Whether the trial's run finished (it wrote DONE_FILE)."""
+  return (Path(trial.model_dir) / DONE_FILE).exists()
+
+
+@contextlib.contextmanager
+def hold_experiment(spec: SweepSpec, trials: Sequence[Trial], *, resume: bool):
+  """The sweep driver's hold on its experiment folder while it runs: the folder checked
+  (a started one only with `resume` and the same trials), locked (one driver) and its
+  SWEEP_FILE written."""
+  _check_experiment_dir(spec, trials, resume=resume)
+  with run_lock.hold(spec.experiment_dir, what="experiment folder"):  # one sweep driver
+    spec.experiment_dir.mkdir(parents=True, exist_ok=True)
+    atomic_files.write_json(spec.experiment_dir / SWEEP_FILE, _describe(spec, trials))
+    yield
 
 
 def _describe(spec: SweepSpec, trials: Sequence[Trial]) -> dict:
@@ -574,31 +602,55 @@ def _check_experiment_dir(spec: SweepSpec, trials: Sequence[Trial], *, resume: b
 def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
           num_cpus: Optional[int], num_gpus: Optional[float], verbose: int) -> list[str]:
   """Runs `trials` as one Tune experiment; returns the names of those that failed."""
+  failed = tune_trials([(spec, t) for t in trials], tune_dir=spec.experiment_dir / "tune",
+                       max_concurrent_trials=spec.max_concurrent_trials,
+                       max_failures=spec.max_failures, address=address, num_cpus=num_cpus,
+                       num_gpus=num_gpus, verbose=verbose)
+  return [trial.name for _, trial in failed]
+
+
+def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
+                max_concurrent_trials: Optional[int], max_failures: int,
+                address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float],
+                verbose: int) -> list[tuple[SweepSpec, Trial]]:
+  """Runs trials, each with its own spec's command, environment and resources (trials of
+  several sweeps, as a study's runs that can start together), as one Tune experiment in
+  `tune_dir`; returns the (spec, trial) pairs that failed after retries."""
   from ray import tune
   launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
-  tune_dir = spec.experiment_dir / "tune"
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
-  run = {"env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd,
-         "launch": dataclasses.asdict(spec.launch) if spec.launch else None}
-  runs = {t.name: {"trial": dataclasses.asdict(t),
-                   "run": {**run, "command": t.train_command(spec)}} for t in trials}
+  several = len({spec.name for spec, _ in entries}) > 1
+  keys = [f"{spec.name}.{t.name}" if several else t.name for spec, t in entries]
+  runs, resources = {}, {}
+  for key, (spec, t) in zip(keys, entries):
+    runs[key] = {"trial": dataclasses.asdict(t), "run": {
+        "env": spec.env, "gpus": spec.resources["gpu"], "cwd": spec.cwd,
+        "launch": dataclasses.asdict(spec.launch) if spec.launch else None,
+        "command": t.train_command(spec)}}
+    resources[key] = trial_resources(spec)
+  shared = next(iter(resources.values()))
+  if all(r == shared for r in resources.values()):
+    per_trial = shared
+  else:  # a callable must give placement group factories
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+    factories = {k: resource_dict_to_pg_factory(r) if isinstance(r, dict) else r
+                 for k, r in resources.items()}
+    per_trial = lambda config: factories[config["trial"]]
   tuner = tune.Tuner(
-      tune.with_resources(tune.with_parameters(run_trial, runs=runs), trial_resources(spec)),
-      param_space={"trial": tune.grid_search([t.name for t in trials])},
+      tune.with_resources(tune.with_parameters(run_trial, runs=runs), per_trial),
+      param_space={"trial": tune.grid_search(keys)},
       tune_config=tune.TuneConfig(
-          max_concurrent_trials=spec.max_concurrent_trials,
+          max_concurrent_trials=max_concurrent_trials,
           trial_dirname_creator=lambda t: t.config["trial"],
           trial_name_creator=lambda t: t.config["trial"]),
       run_config=tune.RunConfig(
           name=f"driver_{attempt}", storage_path=str(tune_dir), verbose=verbose,
-          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+          failure_config=tune.FailureConfig(max_failures=max_failures),
           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
   results = tuner.fit()
-  failed = []
-  for result in results:
-    if result.error is not None:
-      failed.append(result.config["trial"])
-  return sorted(failed)
+  failed = {result.config["trial"] for result in results if result.error is not None}
+  return [entry for key, entry in sorted(zip(keys, entries), key=lambda x: x[0])
+          if key in failed]
 
 
 # ------------------------------------------------------------------------------------------

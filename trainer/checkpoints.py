@@ -49,6 +49,11 @@ VOCAB_FILE = "spiece.model"
 FORMAT_VERSION = 1
 STEP_PREFIX = "checkpoint"
 _STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
+# A ColD Fusion run's folder (recast.jobs.fusion): FUSION_SETTINGS_FILE, and per finished
+# round round_R/DONE with the round's average in round_R/fused (a parameter checkpoint).
+FUSION_SETTINGS_FILE = "fusion.json"
+FUSION_ROUND_DONE = "DONE"
+_ROUND_DIR = re.compile(r"^round_(\d+)$")
 
 
 class CheckpointError(errors.UserError):
@@ -411,6 +416,17 @@ class CheckpointRef:
     return () if self.is_param_checkpoint else ("params",)
 
 
+def fused_rounds(fusion_dir: str | os.PathLike) -> list[int]:
+  """The finished rounds of a FUSION_DIR (round 0: the base), ascending."""
+  rounds = []
+  for child in Path(fusion_dir).iterdir():
+    match = _ROUND_DIR.match(child.name)
+    if (match and (child / FUSION_ROUND_DONE).is_file()
+        and is_param_checkpoint(child / "fused")):
+      rounds.append(int(match.group(1)))
+  return sorted(rounds)
+
+
 def is_step_dir(path: str | os.PathLike) -> bool:
   """True for one training checkpoint folder (`checkpoint_N` with state/ and meta/)."""
   path = Path(path)
@@ -420,8 +436,9 @@ def is_step_dir(path: str | os.PathLike) -> bool:
 def resolve(path: str | os.PathLike, *, mode: str = "latest",
             what: str = "the checkpoint path") -> list[CheckpointRef]:
   """The checkpoint folders `path` names, oldest first: a parameter checkpoint (its step
-  from the metadata, else 0), one `checkpoint_N` folder, or a run's MODEL_DIR (its newest
-  checkpoint with mode="latest", every one with mode="all").
+  from the metadata, else 0), one `checkpoint_N` folder, a run's MODEL_DIR (its newest
+  checkpoint with mode="latest", every one with mode="all"), or a ColD Fusion FUSION_DIR
+  (its finished rounds' fused models, step = round: the last one with mode="latest").
 
   Raises CheckpointError naming `what` (e.g. "CHECKPOINT_PATH") when `path` holds none.
   """
@@ -432,6 +449,13 @@ def resolve(path: str | os.PathLike, *, mode: str = "latest",
     return [CheckpointRef(int(read_metadata(path).get("step", 0)), path, True)]
   if is_step_dir(path):
     return [CheckpointRef(int(read_meta(path)["step"]), path, False)]
+  if (path / FUSION_SETTINGS_FILE).is_file():
+    rounds = fused_rounds(path)
+    if not rounds:
+      raise CheckpointError(f"{what} {path} is a ColD Fusion folder with no finished round "
+                            "yet: run `recast fuse` to the end of a round first")
+    rounds = rounds if mode == "all" else rounds[-1:]
+    return [CheckpointRef(r, path / f"round_{r}" / "fused", True) for r in rounds]
   steps = checkpoint_steps(path)
   if not steps:
     raise CheckpointError(

@@ -119,6 +119,35 @@ def test_average_of_copies_is_the_model(tmp_path):
       np.testing.assert_array_equal(fused[name], value, err_msg=name)
 
 
+def test_a_fusion_folder_names_its_last_finished_round(tmp_path):
+  """A FUSION_DIR as a checkpoint path (INITIAL_CHECKPOINT_PATH, a fusion input, a study's
+  reference to a fuse stage): its last round with DONE; an unfinished round is skipped."""
+  folder = tmp_path / "fusion"
+  folder.mkdir()
+  atomic_files.write_json(folder / fusion.SETTINGS_FILE, {"pool": ["t"]})
+  with pytest.raises(checkpoints.CheckpointError, match="no finished round yet"):
+    checkpoints.resolve(folder, what="INITIAL_CHECKPOINT_PATH")
+  for r in range(3):
+    _random_checkpoint(folder / f"round_{r}" / "fused", r)
+    if r < 2:  # round 2 averaged but not yet scored: not finished
+      atomic_files.write_json(folder / f"round_{r}" / fusion.DONE, {"round": r})
+  [latest] = checkpoints.resolve(folder)
+  assert latest.folder == folder / "round_1" / "fused" and latest.step == 1
+  assert [r.step for r in checkpoints.resolve(folder, mode="all")] == [0, 1]
+  copied = _flat(checkpoints.load_params(fusion.average_checkpoints([folder],
+                                                                     out=tmp_path / "copy")))
+  for name, value in _flat(checkpoints.load_params(folder / "round_1" / "fused")).items():
+    np.testing.assert_array_equal(copied[name], value, err_msg=name)
+
+
+def test_round_scores_keep_decoded_and_rank_classification_apart():
+  scores = fusion.task_scores({"a": {"accuracy": 60.0, "f1": 40.0, "rank_accuracy": 70.0,
+                                     "rank_f1": 50.0, "loss": 2.0}, "b": {"accuracy": 30.0}},
+                              ["a", "b"])
+  assert scores["a"]["score"] == 50.0 and scores["a"]["rank_score"] == 60.0
+  assert scores["b"]["score"] == 30.0 and "rank_score" not in scores["b"]
+
+
 def test_average_streams_one_tensor_at_a_time(tmp_path, monkeypatch):
   paths = [_random_checkpoint(tmp_path / f"c{i}", i) for i in range(3)]
   reads = []

@@ -248,6 +248,40 @@ def test_multitask_smoke_study_compares_single_tasks_with_mixtures(shared_data):
       r.depends_on == (proportional[r.trial.point["SEED"]],) for r in runs)
 
 
+def test_cold_fusion_smoke_study_fuses_then_recycles_in_waves(shared_data):
+  spec = study.load_study(REPO / "gin/experiments/studies/cold_fusion_smoke.yaml",
+                          cwd=str(REPO))
+  study.validate_study(spec)  # the fuse stage's gin as `recast fuse` reads it
+  assert list(spec.stages) == ["pretrain", "fusion", "recycle"]
+  assert [s.command for s in spec.stages.values()] == ["train", "fuse", "train"]
+  [pretrain], [fuse] = spec.stages["pretrain"].runs, spec.stages["fusion"].runs
+  assert fuse.trial.command == "fuse" and fuse.depends_on == (f"pretrain/{pretrain.trial.name}",)
+  assert f"FUSION_DIR={fuse.trial.model_dir!r}" in fuse.trial.bindings
+  assert not any(b.startswith("MODEL_DIR=") for b in fuse.trial.bindings)
+  assert f"BASE_CHECKPOINT={pretrain.trial.model_dir!r}" in fuse.trial.bindings
+  assert fuse.trial.train_command(spec.stages["fusion"].spec)[1:4] == ["-m", "recast", "fuse"]
+  recycled = {r.trial.point["BASE"]: r for r in spec.stages["recycle"].runs}
+  assert (f"INITIAL_CHECKPOINT_PATH={fuse.trial.model_dir!r}"
+          in recycled["fused"].trial.bindings)  # resolved to its last round when it starts
+  # Each run starts as soon as what it names is done: the base's recycling runs beside
+  # the fusion, the fused model's after it.
+  waves = [[f"{r.stage}:{r.trial.point.get('BASE', '')}" for r in w] for w in study.waves(spec)]
+  assert waves == [["pretrain:"], ["fusion:"] + ["recycle:pretrained"] * 4,
+                   ["recycle:fused"] * 4]
+  assert set(spec.arms) == {"pretrained", "fused", "fusion_rounds"}
+  assert spec.reference == "pretrained"
+
+
+def test_a_misspelt_stage_command_names_its_line(tmp_path, toy_task_file):
+  text = _spec_text(tmp_path, toy_task_file).replace(
+      "  second:\n", "  second:\n    command: fusee\n")
+  with pytest.raises(study.StudySpecError, match=rf"study.yaml, line "
+                     rf"{_line_of(text, 'command: fusee')}: stage second: command 'fusee' "
+                     rf"is not one a stage runs; did you mean 'fuse'\? use one of train, fuse"):
+    study.load_study(_write(tmp_path, text))
+  assert not (tmp_path / "studies").exists()
+
+
 # ------------------------------------------------------------------------------------------
 # The report, on synthetic runs
 
@@ -354,14 +388,61 @@ def test_several_tasks_get_an_average_row_per_seed_as_a_benchmark_score(tmp_path
   assert "average over tasks" in study_report.markdown(summary)
 
 
+def test_the_average_row_covers_the_reference_arms_tasks(tmp_path):
+  """A ColD Fusion study: the recycling arms on unseen tasks a and b, the fusion's rounds
+  on seen task s (with the fusion's own `average` row): the average is over a and b."""
+  members = []
+  for arm, seed, values in [("base", 0, {"a": 0.5, "b": 0.3}), ("base", 1, {"a": 0.7, "b": 0.1}),
+                            ("fused", 0, {"a": 0.6, "b": 0.6}), ("fused", 1, {"a": 0.8, "b": 0.2})]:
+    rows = [{"step": 10, "split": "validation", "task": t, "metric": "accuracy", "value": v}
+            for t, v in values.items()]
+    members.append((arm, seed, f"{arm}_{seed}", rows))
+  rounds = [{"step": r, "split": "validation", "task": task, "metric": metric, "value": v}
+            for r, v in enumerate([0.2, 0.4, 0.5])
+            for task, metric in (("s", "accuracy"), ("s", "score"), ("average", "score"))]
+  members.append(("rounds", 0, "fusion_0", rounds))
+  summary = study_report.summarize(_study_folder(tmp_path / "cf", "cf", "base", members))
+  assert summary["tasks"] == ["a", "b", "s", study_report.AVERAGE]
+  rows = {(r["arm"], r["task"]): r for r in summary["rows"]}
+  assert rows[("base", study_report.AVERAGE)]["mean"] == pytest.approx(0.4)
+  fused = rows[("fused", study_report.AVERAGE)]
+  assert fused["mean"] == pytest.approx(0.55) and fused["diff_mean"] == pytest.approx(0.15)
+  assert ("rounds", study_report.AVERAGE) not in rows
+  assert rows[("rounds", "s")]["mean"] == pytest.approx(0.5)  # its last round
+  assert summary["curves"]["s"]["accuracy"]["rounds"] == {0: 0.2, 1: 0.4, 2: 0.5}
+
+
 # ------------------------------------------------------------------------------------------
 # A real study
+
+
+# Two more stages for the real study: ColD Fusion (one round of one contributor, from
+# random init: it needs no other run) and a fine-tuning of each seed from its fused model.
+FUSION_STAGES = """\
+  fusion:
+    command: fuse
+    gin_files: [models/t5_1_1/tiny.gin, experiments/cold_fusion.gin]
+    bindings: {CONTRIBUTOR_POOL: [study_toy], ROUNDS: 1, CONTRIBUTOR_STEPS: 4,
+               NUM_EVAL_EXAMPLES: 8}
+    grid: {FUSION_SEED: [0]}
+  recycled:
+    gin_files: [models/t5_1_1/tiny.gin, runs/finetune.gin]
+    grid: {SEED: [0, 1]}
+    bindings: {INITIAL_CHECKPOINT_PATH: {stage: fusion}}
+"""
 
 
 @pytest.fixture(scope="module")
 def study_run(ray_session, toy_task_file, tmp_path_factory):
   tmp = tmp_path_factory.mktemp("study")
-  path = _write(tmp, _spec_text(tmp, toy_task_file))
+  text = _spec_text(tmp, toy_task_file, arms="""\
+      arms:
+        scratch: {stage: first}
+        continued: {stage: second}
+        fused: {stage: recycled}
+      reference: scratch
+      """).replace("arms:\n", FUSION_STAGES + "arms:\n", 1)
+  path = _write(tmp, text)
   first = study.run_study(path, verbose=0)
   runs = [r.trial.model_dir for r in study.load_study(path).all_runs()]
   attempts = {d: len(Path(d, sweep.ATTEMPTS_FILE).read_text().splitlines()) for d in runs}
@@ -373,10 +454,12 @@ def study_run(ray_session, toy_task_file, tmp_path_factory):
 @pytest.mark.slow  # many processes: `make test-slow`
 def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_run):
   first, again = study_run["first"], study_run["again"]
-  assert first.failed == {} and first.skipped == {"first": [], "second": []}
+  stages = ("first", "second", "fusion", "recycled")
+  assert first.failed == {} and first.skipped == {s: [] for s in stages}
+  seeds = ["000_SEED=0", "001_SEED=1"]
   assert {s: sorted(r) for s, r in first.ran.items()} == {
-      "first": ["000_SEED=0", "001_SEED=1"], "second": ["000_SEED=0", "001_SEED=1"]}
-  assert again.ran == {"first": [], "second": []} and again.failed == {}
+      "first": seeds, "second": seeds, "fusion": ["000_FUSION_SEED=0"], "recycled": seeds}
+  assert again.ran == {s: [] for s in stages} and again.failed == {}
   for model_dir in study_run["runs"]:
     assert (Path(model_dir) / sweep.DONE_FILE).exists()
     assert study_run["attempts"][model_dir] == 1
@@ -384,6 +467,19 @@ def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_
   # The second stage started from the first's parameters, seed for seed.
   log = (study_run["dir"] / "second/runs/001_SEED=1" / sweep.LOG_FILE).read_text()
   assert f"initialised from {study_run['dir'] / 'first/runs/001_SEED=1'}" in log
+  # The fuse stage ran `recast fuse` in its run folder, and the next stage started from the
+  # fused model of its last round.
+  fusion_dir = study_run["dir"] / "fusion/runs/000_FUSION_SEED=0"
+  assert (fusion_dir / "round_1/DONE").is_file() and (fusion_dir / "scores.md").is_file()
+  log = (study_run["dir"] / "recycled/runs/000_SEED=0" / sweep.LOG_FILE).read_text()
+  assert f"initialised from {fusion_dir}" in log
+  # Runs start in waves, not stage after stage: the fusion (it names no run) started before
+  # any run of `second`, a stage listed before it that needs `first`.
+  def started(model_dir):
+    return json.loads(Path(model_dir, sweep.ATTEMPTS_FILE).read_text().splitlines()[0])[
+        "started"]
+  assert started(fusion_dir) < min(started(study_run["dir"] / "second/runs" / s)
+                                   for s in seeds)
 
 
 @pytest.mark.slow  # many processes: `make test-slow`
