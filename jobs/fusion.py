@@ -534,8 +534,9 @@ def _finish_round(fusion_dir: Path, round_index: int, fused: Path,
   atomic_files.write_json(round_dir / DONE, {"round": round_index})
   _event(fusion_dir, "round_done", round=round_index,
          average=float(np.mean([v["score"] for v in scores.values()])))
-  print(f"round {round_index}: " + " ".join(f"{t}={v['score']:.2f}"
-                                            for t, v in scores.items()), flush=True)
+  print(f"round {round_index}: " + " ".join(
+      f"{t}={v['score']:.2f}" + (f" (rank {v['rank_score']:.2f})" if "rank_score" in v else "")
+      for t, v in scores.items()), flush=True)
 
 
 # ------------------------------------------------------------------------------------------

@@ -74,9 +74,6 @@ STUDY_KEYS = {
     "metric": "the compared validation metric (default: each task's first decoded metric)",
 }
 STAGE_KEYS = {
-    "command": "train (default): each run a `recast train`; fuse: each run a `recast fuse` "
-               "(ColD Fusion rounds, FUSION_DIR = the run's folder; a later stage naming it "
-               "starts from its last fused model)",
     "gin_files": "gin files of every run of the stage, in order",
     "bindings": "{NAME: VALUE} gin bindings of the stage (a value may be {stage: S, ...})",
     "grid": "{NAME: [values]}: cartesian axes",
@@ -84,6 +81,9 @@ STAGE_KEYS = {
     "labels": "[AXIS, ...]: axes that only name runs (for arms), not gin bindings",
     "resources_per_trial": "{gpu: N, cpu: N} for this stage's runs",
     "max_concurrent_trials": "at most this many of this stage's runs at once",
+    "command": "train (default): each run a `recast train`; fuse: each run a `recast fuse` "
+               "(ColD Fusion rounds, FUSION_DIR = the run's folder; a later stage naming it "
+               "starts from its last fused model)",
 }
 STUDY_FILE = "study.json"
 REPORT_DIR = "report"

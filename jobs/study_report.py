@@ -230,7 +230,8 @@ def summarize(study_dir: str | os.PathLike) -> dict:
     metrics[AVERAGE] = average_metrics
     tasks = tasks + [AVERAGE]
   return {"rows": out_rows, "curves": curves, "tasks": tasks, "metrics": metrics,
-          "reference": reference, "arms": list(arms), "name": study.get("name")}
+          "reference": reference, "arms": list(arms), "name": study.get("name"),
+          "averaged": averaged if AVERAGE in tasks else []}
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -274,9 +275,14 @@ def markdown(summary: Mapping, plots: Sequence[Path] = ()) -> str:
     for arm in summary["arms"]:
       lines.append(f"| {arm} | " + " | ".join(
           _cell(rows.get((arm, t, summary["metrics"][t][kind]))) for t in tasks) + " |")
-    base = [rows.get((summary["arms"][0], t, summary["metrics"][t][kind])) for t in tasks]
+    base = [next((rows[(a, t, summary["metrics"][t][kind])] for a in summary["arms"]
+                  if (a, t, summary["metrics"][t][kind]) in rows), None) for t in tasks]
     lines.append(f"| {MAJORITY_ROW} | " + " | ".join(
         _number(b["baseline"]) if b else "" for b in base) + " |")
+    if AVERAGE in tasks and summary.get("averaged"):
+      lines += ["", f"Average over tasks: per seed, the mean over "
+                f"{', '.join(summary['averaged'])} (the tasks `{summary['reference']}` is "
+                "scored on)."]
     lines += ["", f"Paired difference from `{summary['reference']}` (same seed and task): "
               "mean [95% interval]; seeds agreeing in sign with the mean", "",
               "| arm | " + " | ".join(header) + " |", "|---|" + "---|" * len(tasks)]

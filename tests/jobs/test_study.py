@@ -410,6 +410,8 @@ def test_the_average_row_covers_the_reference_arms_tasks(tmp_path):
   assert ("rounds", study_report.AVERAGE) not in rows
   assert rows[("rounds", "s")]["mean"] == pytest.approx(0.5)  # its last round
   assert summary["curves"]["s"]["accuracy"]["rounds"] == {0: 0.2, 1: 0.4, 2: 0.5}
+  assert summary["averaged"] == ["a", "b"]
+  assert "the mean over a, b (the tasks `base` is scored on)" in study_report.markdown(summary)
 
 
 # ------------------------------------------------------------------------------------------
