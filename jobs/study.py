@@ -734,9 +734,10 @@ def main(args: argparse.Namespace) -> int:
           "done)")
   if outcome.failed:
     stage, failed = next(iter(outcome.failed.items()))
-    print(f"stage {stage}: {len(failed)} runs failed after retries: {', '.join(failed)}; see "
-          f"{outcome.study_dir}/{stage}/runs/<run>/{sweep.LOG_FILE}, then run the study again "
-          "(finished runs are kept)", file=sys.stderr)
+    print(f"stage {stage}: {len(failed)} runs failed (retried unless their input was "
+          f"rejected): {', '.join(failed)}; see {outcome.study_dir}/{stage}/runs/<run>/"
+          f"{sweep.LOG_FILE}, then run the study again (finished runs are kept)",
+          file=sys.stderr)
     return 1
   if outcome.report_dir:
     print((outcome.report_dir / "report.md").read_text())

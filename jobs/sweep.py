@@ -83,6 +83,11 @@ DONE_FILE = "sweep_done.json"
 # Macros each trial command must bind (a study's fuse stage runs `recast fuse`).
 REQUIRED_MACROS = {"train": train.REQUIRED_MACROS, "fuse": ("FUSION_DIR", "CONTRIBUTOR_POOL")}
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
+# A `recast train` that exits with USAGE_EXIT rejected its input (recast.cli: a UserError:
+# bad gin, too many examples truncated, ...); the same input fails the same way, so the
+# trial is not retried: REJECTED_FILE records the message and the trial counts as failed.
+USAGE_EXIT = 2
+REJECTED_FILE = "sweep_rejected.json"
 LOG_FILE = launcher.LOG_FILE
 SWEEP_FILE = "sweep.json"
 UNTABULATED_METRICS = ("examples_per_second", "tokens_per_second", "learning_rate")
@@ -486,18 +491,27 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
       _report(tune, tail, model_dir, new_steps[-1] if new_steps else None)
       reported.update(new_steps)
 
+  (model_dir / REJECTED_FILE).unlink(missing_ok=True)  # a new start tries the input again
   command = launcher.on_this_node(run["command"])
   if run.get("launch"):  # one job over the hosts of the trial's placement group
     multihost.run_job(command, model_dir=model_dir, spec=multihost.LaunchSpec(**run["launch"]),
                       env=run["env"], cwd=run["cwd"], on_poll=report_progress,
                       placement=(ray.util.get_current_placement_group(), 0))
   else:
-    launcher.run_train_process(
-        command, log_file=model_dir / LOG_FILE, env=env,
-        cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
-        header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
-        what=f"recast {trial['command']} for {trial['name']}", on_poll=report_progress,
-        die_with_parent=True)
+    try:
+      launcher.run_train_process(
+          command, log_file=model_dir / LOG_FILE, env=env,
+          cwd=run["cwd"] if os.path.isdir(run["cwd"]) else None,
+          header=f"\n=== attempt {len(attempts) + 1}: {' '.join(command)}",
+          what=f"recast {trial['command']} for {trial['name']}", on_poll=report_progress,
+          die_with_parent=True)
+    except launcher.TrainProcessError as e:
+      # A `recast fuse` exits the same way when a contributor died, which a retry resumes.
+      if e.returncode != USAGE_EXIT or trial["command"] != "train":
+        raise
+      atomic_files.write_json(model_dir / REJECTED_FILE, {"error": str(e)})
+      print(f"{trial['name']}: not retried: its input was rejected\n{e}", flush=True)
+      return
   summary = summarize_metrics(metrics_writer.read_metrics(model_dir))
   atomic_files.write_json(model_dir / DONE_FILE, {
       "trial": trial["name"], "point": trial["point"], "finished": time.time(),
@@ -615,7 +629,8 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
                 verbose: int) -> list[tuple[SweepSpec, Trial]]:
   """Runs trials, each with its own spec's command, environment and resources (trials of
   several sweeps, as a study's runs that can start together), as one Tune experiment in
-  `tune_dir`; returns the (spec, trial) pairs that failed after retries."""
+  `tune_dir`; returns the (spec, trial) pairs that failed: after retries, or at once when
+  `recast train` rejected its input (REJECTED_FILE)."""
   from ray import tune
   launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
@@ -649,6 +664,8 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
   results = tuner.fit()
   failed = {result.config["trial"] for result in results if result.error is not None}
+  failed |= {key for key, (_, t) in zip(keys, entries)
+             if (Path(t.model_dir) / REJECTED_FILE).is_file()}
   return [entry for key, entry in sorted(zip(keys, entries), key=lambda x: x[0])
           if key in failed]
 
@@ -926,7 +943,8 @@ def main(args: argparse.Namespace) -> int:
   print(f"ran {len(outcome.ran)} trials ({len(outcome.skipped)} were already done); "
         f"results in {outcome.results_dir}")
   if outcome.failed:
-    print(f"{len(outcome.failed)} trials failed after retries: {', '.join(outcome.failed)}; "
-          f"see runs/<trial>/{LOG_FILE}, then run again with --resume", file=sys.stderr)
+    print(f"{len(outcome.failed)} trials failed (retried unless their input was rejected): "
+          f"{', '.join(outcome.failed)}; see runs/<trial>/{LOG_FILE}, then run again with "
+          "--resume", file=sys.stderr)
     return 1
   return 0

@@ -455,3 +455,23 @@ def test_example_specs_are_valid(name):
   trials = spec.trials()
   assert len(trials) == {"lr_seed": 9, "compact_models": 64, "recycling": 36}[name]
   sweep.validate_trials(spec, trials)
+
+
+@pytest.mark.slow  # Ray trials: `make test-slow`
+def test_a_rejected_input_fails_its_trial_once_without_retries(ray_session, task_file,
+                                                                tmp_path):
+  """RTE pairs at 32 input tokens, the truncation check left on: `recast train` rejects
+  the run (exit 2); a retry would be rejected the same way, so there is none."""
+  bindings = dict(_spec(tmp_path, task_file)["bindings"])
+  del bindings["train.max_truncated_fraction"]
+  spec = sweep.load_spec(_write_spec(tmp_path / "spec.yaml", _spec(
+      tmp_path, task_file, bindings=bindings, grid={"SEED": [0]}, points=[],
+      max_failures=2, resources_per_trial={"cpu": 1})))
+  outcome = sweep.run_sweep(spec, verbose=0)
+  [trial] = spec.trials()
+  assert outcome.failed == [trial.name]
+  model_dir = Path(trial.model_dir)
+  assert len(_attempts(model_dir)) == 1  # not retried
+  rejected = json.loads((model_dir / sweep.REJECTED_FILE).read_text())["error"]
+  assert "examples will be truncated by TASK_FEATURE_LENGTHS" in rejected
+  assert not (model_dir / sweep.DONE_FILE).exists()
