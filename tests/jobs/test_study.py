@@ -132,8 +132,8 @@ def test_bad_spec_is_rejected_naming_its_line(tmp_path, toy_task_file, change, f
   assert not (tmp_path / "studies").exists()
 
 
-def test_cycles_unknown_stage_keys_and_second_vocabularies_name_their_line(tmp_path,
-                                                                          toy_task_file):
+def test_cycles_unknown_stage_keys_commands_and_second_vocabularies_name_their_line(
+    tmp_path, toy_task_file):
   text = _spec_text(tmp_path, toy_task_file).replace(
       "    grid: {SEED: [0, 1]}\n  second:",
       "    grid: {SEED: [0, 1]}\n    bindings: {INITIAL_CHECKPOINT_PATH: {stage: second, "
@@ -146,6 +146,12 @@ def test_cycles_unknown_stage_keys_and_second_vocabularies_name_their_line(tmp_p
                                                      "grids: {SEED: [0, 1]}\n  second:")
   with pytest.raises(study.StudySpecError, match=rf"line {_line_of(text, 'grids:')}: unknown "
                      r"key 'grids' in stage first \(did you mean 'grid'\?\); allowed: gin_files"):
+    study.load_study(_write(tmp_path, text))
+  text = _spec_text(tmp_path, toy_task_file).replace("  second:\n",
+                                                     "  second:\n    command: fusee\n")
+  with pytest.raises(study.StudySpecError, match=rf"line {_line_of(text, 'command: fusee')}: "
+                     r"stage second: command 'fusee' is not one a stage runs; did you mean "
+                     r"'fuse'\? use one of train, fuse"):
     study.load_study(_write(tmp_path, text))
   text = _spec_text(tmp_path, toy_task_file).replace(
       "    INITIAL_CHECKPOINT_PATH:", "    VOCABULARY: byte\n      INITIAL_CHECKPOINT_PATH:")
@@ -270,16 +276,6 @@ def test_cold_fusion_smoke_study_fuses_then_recycles_in_waves(shared_data):
                    ["recycle:fused"] * 4]
   assert set(spec.arms) == {"pretrained", "fused", "fusion_rounds"}
   assert spec.reference == "pretrained"
-
-
-def test_a_misspelt_stage_command_names_its_line(tmp_path, toy_task_file):
-  text = _spec_text(tmp_path, toy_task_file).replace(
-      "  second:\n", "  second:\n    command: fusee\n")
-  with pytest.raises(study.StudySpecError, match=rf"study.yaml, line "
-                     rf"{_line_of(text, 'command: fusee')}: stage second: command 'fusee' "
-                     rf"is not one a stage runs; did you mean 'fuse'\? use one of train, fuse"):
-    study.load_study(_write(tmp_path, text))
-  assert not (tmp_path / "studies").exists()
 
 
 # ------------------------------------------------------------------------------------------
