@@ -336,7 +336,11 @@ def test_cold_fusion_rounds_end_to_end(fusion_run):
   table = (fusion_dir / "scores.md").read_text()
   lines = [line for line in table.splitlines() if line.startswith("| ")]
   assert lines[0] == ("| round | glue_cola | glue_mrpc | glue_rte | super_glue_cb | average | "
-                      "loss | token_accuracy |")
+                      "rank_average | loss | token_accuracy |")
+  for r, row in enumerate(rows):  # rank classification averaged apart from decoding
+    scores = json.loads((fusion_dir / f"round_{r}" / fusion.SCORES_FILE).read_text())
+    assert row["rank_average"] == pytest.approx(np.mean([scores[t]["rank_score"]
+                                                         for t in POOL]))
   assert [line.split(" | ")[0] for line in lines[1:]] == ["| 0", "| 1", "| 2"]
   assert (fusion_dir / "scores.png").stat().st_size > 1000
   averages = {(r["step"]) for r in metrics_writer.read_metrics(fusion_dir)
