@@ -194,7 +194,12 @@ class Run:
   """One run of a stage: its sweep trial (bindings resolved) and what it depends on."""
   stage: str
   trial: sweep.Trial
-  depends_on: tuple  # ("stage/run", ...)
+  depends_on: tuple  # keys of the runs it names ("stage/run", ...)
+
+  @property
+  def key(self) -> str:
+    """"stage/run": how other runs' depends_on name this one."""
+    return f"{self.stage}/{self.trial.name}"
 
 
 @dataclasses.dataclass
@@ -449,7 +454,7 @@ def _resolve_runs(stage: Stage, stages: Mapping[str, Stage], stages_raw: Mapping
       if is_reference(value):
         target = _select(value, trial.point, stages[value["stage"]],
                          lines, refs_at[(key, repr(value))], key)
-        depends.append(f"{target.stage}/{target.trial.name}")
+        depends.append(target.key)
         value = target.trial.model_dir
       bindings.append(sweep.gin_binding(key, value))
     if vocabulary:
@@ -640,13 +645,11 @@ def waves(study: Study) -> list[list[Run]]:
   wave k holds the runs whose longest chain of dependencies has k links (wave 0: runs that
   need no other run), whatever their stage."""
   level: dict[str, int] = {}
-  for stage in study.stages.values():  # in run order: a run's dependencies come first
-    for run in stage.runs:
-      level[f"{stage.name}/{run.trial.name}"] = 1 + max(
-          (level[d] for d in run.depends_on), default=-1)
+  for run in study.all_runs():  # in run order: a run's dependencies come first
+    level[run.key] = 1 + max((level[d] for d in run.depends_on), default=-1)
   out: list[list[Run]] = [[] for _ in range(1 + max(level.values(), default=-1))]
   for run in study.all_runs():
-    out[level[f"{run.stage}/{run.trial.name}"]].append(run)
+    out[level[run.key]].append(run)
   return out
 
 

@@ -83,10 +83,9 @@ DONE_FILE = "sweep_done.json"
 # Macros each trial command must bind (a study's fuse stage runs `recast fuse`).
 REQUIRED_MACROS = {"train": train.REQUIRED_MACROS, "fuse": ("FUSION_DIR", "CONTRIBUTOR_POOL")}
 ATTEMPTS_FILE = "sweep_attempts.jsonl"
-# A `recast train` that exits with USAGE_EXIT rejected its input (recast.cli: a UserError:
-# bad gin, too many examples truncated, ...); the same input fails the same way, so the
-# trial is not retried: REJECTED_FILE records the message and the trial counts as failed.
-USAGE_EXIT = 2
+# A `recast train` that exits with errors.USAGE_EXIT rejected its input (bad gin, too many
+# examples truncated, ...); the same input fails the same way, so the trial is not retried:
+# REJECTED_FILE records the message and the trial counts as failed.
 REJECTED_FILE = "sweep_rejected.json"
 LOG_FILE = launcher.LOG_FILE
 SWEEP_FILE = "sweep.json"
@@ -507,7 +506,7 @@ def run_trial(config: Mapping[str, Any], runs: Mapping[str, dict]) -> None:
           die_with_parent=True)
     except launcher.TrainProcessError as e:
       # A `recast fuse` exits the same way when a contributor died, which a retry resumes.
-      if e.returncode != USAGE_EXIT or trial["command"] != "train":
+      if e.returncode != errors.USAGE_EXIT or trial["command"] != "train":
         raise
       atomic_files.write_json(model_dir / REJECTED_FILE, {"error": str(e)})
       print(f"{trial['name']}: not retried: its input was rejected\n{e}", flush=True)

@@ -166,22 +166,22 @@ def _run(argv: list[str]) -> int:
     argv, tasks_files = gin_config.split_tasks_files(argv)  # accepted anywhere, as --gin.X
   except gin_config.GinConfigError as e:
     print(f"recast: error: {e}", file=sys.stderr)
-    return 2
+    return errors.USAGE_EXIT
   command = next((a for a in argv if not a.startswith("-")), None)
   if command in SUBCOMMANDS and SUBCOMMANDS[command][2]:
     try:  # a misspelt gin file is reported before the subcommand's module loads (fast)
       gin_config.check_gin_files(argv)
     except gin_config.GinConfigError as e:
       print(f"recast {command}: error: {e}", file=sys.stderr)
-      return 2
+      return errors.USAGE_EXIT
   parser, module = build_parser(command if command in SUBCOMMANDS else None, argv)
   args = parser.parse_args(argv)
   if args.command is None:
     parser.print_help()
-    return 2
+    return errors.USAGE_EXIT
   if module is None:
     print(f"recast {args.command}: not built yet", file=sys.stderr)
-    return 2
+    return errors.USAGE_EXIT
   args.gin_bindings = bindings
   if tasks_files and not hasattr(args, "tasks_file"):
     parser.error(f"recast {args.command} takes no --tasks_file")
@@ -198,4 +198,4 @@ def _run(argv: list[str]) -> int:
   except errors.UserError as e:
     message = str(e).split("\n  In call to configurable")[0]  # the line gin appends
     print(f"recast {args.command}: error: {message}", file=sys.stderr)
-    return 2
+    return errors.USAGE_EXIT
