@@ -527,13 +527,25 @@ def _arms(raw: Mapping, stages: Mapping[str, Stage], lines: _Lines
 # Gin, the vocabulary, running
 
 
-def validate_study(study: Study) -> None:
-  """Every run's gin, as its `recast train` will read it (sweep.validate_trials)."""
+def validate_study(study: Study, out=None) -> None:
+  """Every run's gin, as its `recast train` will read it (sweep.validate_trials); with the
+  study's vocabulary known, also every training run's truncation check
+  (sweep.check_trial_lengths), so lengths that cut too much stop the study before its first
+  run, not when a later stage starts. Warnings go to `out` (stderr)."""
   for stage in study.stages.values():
     try:
       sweep.validate_trials(stage.spec, [r.trial for r in stage.runs])
     except errors.UserError as e:
       raise type(e)(f"{study.path}, stage {stage.name}: {e}") from None
+  if study.vocabulary is None:
+    return  # (lengths depend on the vocabulary, built when the study starts)
+  for stage in study.stages.values():
+    try:
+      warnings = sweep.check_trial_lengths(stage.spec, [r.trial for r in stage.runs])
+    except errors.UserError as e:
+      raise type(e)(f"{study.path}, stage {stage.name}: {e}") from None
+    for warning in warnings:
+      print(f"warning: stage {stage.name}, {warning}", file=out or sys.stderr, flush=True)
 
 
 def compared_task_names(study: Study) -> list[str]:
@@ -626,6 +638,8 @@ def print_graph(study: Study, out=None) -> None:
       shown = [b for b in run.trial.bindings if not b.startswith(f"{stage.folder_macro}=")]
       deps = f"  <- {', '.join(run.depends_on)}" if run.depends_on else ""
       print(f"  {run.trial.name}: {' '.join(shown)}{deps}", file=out)
+  for index, wave in enumerate(waves(study)):
+    print(f"wave {index}: {len(wave)} runs ({wave_counts(study, wave)})", file=out)
   for arm, selection in study.arms.items():
     mark = " (reference)" if arm == study.reference else ""
     print(f"arm {arm}{mark}: {selection['stage']}: {', '.join(selection['runs'])}", file=out)
@@ -651,6 +665,12 @@ def waves(study: Study) -> list[list[Run]]:
   for run in study.all_runs():
     out[level[run.key]].append(run)
   return out
+
+
+def wave_counts(study: Study, runs: Sequence[Run]) -> str:
+  """"pretrain 2, finetune 4": how many of `runs` each stage has, in the spec's order."""
+  return ", ".join(f"{name} {sum(r.stage == name for r in runs)}"
+                   for name in study.stages if any(r.stage == name for r in runs))
 
 
 def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
@@ -681,9 +701,7 @@ def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
       pending = [r for r in wave if not sweep.is_done(r.trial)]
       if not pending:
         continue
-      counts = ", ".join(f"{name} {sum(r.stage == name for r in pending)}"
-                         for name in study.stages if any(r.stage == name for r in pending))
-      print(f"wave {index}: {len(pending)} runs ({counts})", flush=True)
+      print(f"wave {index}: {len(pending)} runs ({wave_counts(study, pending)})", flush=True)
       limits = [study.stages[r.stage].spec.max_concurrent_trials for r in pending]
       limits = [n for n in limits if n]
       failed = sweep.tune_trials(
@@ -727,8 +745,10 @@ def main(args: argparse.Namespace) -> int:
     study = load_study(args.spec, extra_tasks_files=tasks_files)
     validate_study(study)
     print_graph(study)
+    lengths = ("lengths checked" if study.vocabulary else
+               "lengths checked when it starts (once its vocabulary is built)")
     print(f"{sum(len(s.runs) for s in study.stages.values())} runs in "
-          f"{len(study.stages)} stages; gin checked; nothing started")
+          f"{len(study.stages)} stages; gin checked, {lengths}; nothing started")
     return 0
   outcome = run_study(args.spec, address=args.address, num_cpus=args.num_cpus,
                       num_gpus=args.num_gpus, extra_tasks_files=tasks_files)

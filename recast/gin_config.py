@@ -319,6 +319,20 @@ def macro_value(name: str, default: Any = gin.REQUIRED) -> Any:
   return default
 
 
+def parameter_value(key: str, default: Any = gin.REQUIRED) -> Any:
+  """The value bound to configurable parameter `key` (e.g. "train.task_feature_lengths"),
+  following a `%MACRO` reference (`macro_value`); `default` when unbound or REQUIRED."""
+  try:
+    value = gin.query_parameter(key)
+  except ValueError:
+    return default
+  reference = repr(value) if isinstance(value, gin.config.ConfigurableReference) else ""
+  macro = re.fullmatch(r"%([A-Za-z_]\w*)", reference)
+  if macro:
+    return macro_value(macro.group(1), default)
+  return default if _is_required(value) else value
+
+
 def require_macros(names: Iterable[str], *, run_file: str = "the run file") -> None:
   """Raises GinConfigError naming every macro in `names` that is unset or REQUIRED."""
   missing = [n for n in names if _is_required(macro_value(n))]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -313,23 +315,57 @@ def restore_train_state(model_dir: str | os.PathLike, step: int, abstract_state:
     return jax.block_until_ready(checkpointer.restore(step_dir / "state", abstract_state))
 
 
+def _from_orbax(error: Optional[BaseException], *texts: str) -> bool:
+  frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+  return any("orbax" in t for t in texts) or any("orbax" in f.filename for f in frames)
+
+
 class _DropOrbaxErrors(logging.Filter):
+  """Drops orbax's ERROR records: its own logs (absl), and asyncio's "Task exception was
+  never retrieved" for the sibling read tasks of a failed restore (logged whenever such a
+  task is garbage collected, which can be long after the restore returned)."""
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+    if record.levelno < logging.ERROR:
+      return True
+    if record.name == "asyncio":
+      error = record.exc_info[1] if record.exc_info else None
+      return not _from_orbax(error, record.getMessage())
+    return "orbax" not in record.pathname
+
+
+_ORBAX_ERRORS = _DropOrbaxErrors()
+
+
+def _unraisable_hook_without_orbax(hook):
+  """`sys.unraisablehook` that passes over orbax's coroutines closed while raising (a failed
+  restore's sibling reads, "Exception ignored in: <coroutine ...>") and hands on the rest."""
+
+  def hook_without_orbax(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if not _from_orbax(unraisable.exc_value, getattr(code, "co_filename", "")):
+      hook(unraisable)
+
+  hook_without_orbax.passes_over_orbax = True
+  return hook_without_orbax
 
 
 @contextlib.contextmanager
 def _orbax_errors_left_to_the_caller():
   """While restoring: orbax's own ERROR logs (with tracebacks, from its worker threads) are
   dropped; the error itself still raises, and a damaged checkpoint is then reported in one
-  line (`set_aside`)."""
-  log_filter = _DropOrbaxErrors()
+  line (`set_aside`). The asyncio filter and the unraisable hook stay on: a failed read
+  task of orbax's is reported when it is collected, at no fixed time."""
   absl_logger = logging.getLogger("absl")
-  absl_logger.addFilter(log_filter)
+  absl_logger.addFilter(_ORBAX_ERRORS)
+  logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS)  # a set: added once
+  if not getattr(sys.unraisablehook, "passes_over_orbax", False):
+    sys.unraisablehook = _unraisable_hook_without_orbax(sys.unraisablehook)
   try:
     yield
   finally:
-    absl_logger.removeFilter(log_filter)
+    gc.collect()  # collects the failed restore's tasks now, while absl's filter is on
+    absl_logger.removeFilter(_ORBAX_ERRORS)
 
 
 def check_vocabulary(saved: Optional[dict], current: Optional[dict], *, source: str) -> None:

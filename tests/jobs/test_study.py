@@ -179,6 +179,32 @@ def test_a_bad_binding_in_a_later_stage_stops_the_study_before_any_run(tmp_path,
   assert not (tmp_path / "studies").exists()
 
 
+def test_lengths_that_cut_too_much_in_a_later_stage_stop_the_study_before_any_run(
+    tmp_path, toy_task_file, capsys):
+  """Every training run's truncation check (the one `recast train` makes at its start) runs
+  before the first run: a later stage's cut is refused naming its stage and run, not after
+  the earlier stages have trained; a cut under the run's limit is a warning."""
+  text = _spec_text(tmp_path, toy_task_file)
+  cut = text.replace("      INITIAL_CHECKPOINT_PATH:", "      TASK_FEATURE_LENGTHS: {inputs: 4, "
+                     "targets: 8}\n      train.max_truncated_fraction: 0.1\n"
+                     "      INITIAL_CHECKPOINT_PATH:")
+  with pytest.raises(sweep.errors.UserError) as raised:
+    study.run_study(_write(tmp_path, cut))
+  capsys.readouterr()  # (stage first's warning, below)
+  message = str(raised.value)
+  assert "stage second: trial 000_SEED=0: study_toy: examples will be truncated" in message
+  assert "inputs: 100.0% longer than 4" in message and "max_truncated_fraction" in message
+  assert not (tmp_path / "studies").exists()
+  warned = text.replace("TASK_FEATURE_LENGTHS: {inputs: 32, targets: 8}",
+                        "TASK_FEATURE_LENGTHS: {inputs: 4, targets: 8}")
+  study.validate_study(study.load_study(_write(tmp_path, warned)))
+  err = capsys.readouterr().err
+  assert err.count("warning: stage first, trial 000_SEED=0: study_toy: examples will be "
+                   "truncated") == 1
+  assert err.count("warning: stage second, trial 000_SEED=0: study_toy") == 1
+  assert not (tmp_path / "studies").exists()
+
+
 def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_file,
                                                               capsys):
   path = _write(tmp_path, _spec_text(tmp_path, toy_task_file))
@@ -192,7 +218,8 @@ def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_
   assert f"VOCABULARY='{TOY_VOCAB}'" in second
   assert second.endswith("<- first/000_SEED=0")
   assert "arm scratch (reference): first: 000_SEED=0, 001_SEED=1" in out
-  assert "4 runs in 2 stages; gin checked; nothing started" in out
+  assert "wave 0: 2 runs (first 2)\nwave 1: 2 runs (second 2)\n" in out
+  assert "4 runs in 2 stages; gin checked, lengths checked; nothing started" in out
   assert not runs.exists()
   # Stages run in the order their references need, whatever order they are written in.
   text = path.read_text()
