@@ -296,6 +296,11 @@ def test_cold_fusion_smoke_study_fuses_then_recycles_in_waves(shared_data):
   recycled = {r.trial.point["BASE"]: r for r in spec.stages["recycle"].runs}
   assert (f"INITIAL_CHECKPOINT_PATH={fuse.trial.model_dir!r}"
           in recycled["fused"].trial.bindings)  # resolved to its last round when it starts
+  lengths = {(r.trial.point["BASE"], r.trial.point["TASK"], r.trial.point["SEED"],
+              r.trial.point["FEATURE_LENGTHS"]["inputs"]) for r in spec.stages["recycle"].runs}
+  assert lengths == {(base, task, seed, inputs) for base in ("pretrained", "fused")
+                     for task, inputs in (("super_glue_wic", 128), ("glue_rte", 272))
+                     for seed in (0, 1)}  # each task at its own lengths, both bases alike
   # Each run starts as soon as what it names is done: the base's recycling runs beside
   # the fusion, the fused model's after it.
   waves = [[f"{r.stage}:{r.trial.point.get('BASE', '')}" for r in w] for w in study.waves(spec)]
