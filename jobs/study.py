@@ -28,9 +28,9 @@ Ray Tune); a later stage names an earlier stage's runs by their bindings:
 equals this run's and whose OTHER is value (`{stage: S}`: S's only run). A stage with
 `command: fuse` runs `recast fuse` (ColD Fusion rounds) instead, its FUSION_DIR the run's
 folder; a reference to one of its runs names its last fused model (a FUSION_DIR resolves
-to it: recast.trainer.checkpoints.resolve). Runs start in waves: each as soon as the runs
-it names are done, with the other runs that can start then, whatever their stage (a stage
-is listed after the stages it references, else as written). Everything that can reject the spec
+to it: recast.trainer.checkpoints.resolve). Each run starts as soon as the runs it names
+are done and a slot is free, whatever its stage (runs others wait on first; a stage is
+listed after the stages it references, else as written). Everything that can reject the spec
 (unknown keys, stages, axes; a cycle; arms that select nothing; a second vocabulary; and
 every run's gin, as `recast sweep` checks it) is checked before any run starts, and a
 spec error names its line. A run is finished when it wrote sweep_done.json (it reached
@@ -638,8 +638,8 @@ def print_graph(study: Study, out=None) -> None:
       shown = [b for b in run.trial.bindings if not b.startswith(f"{stage.folder_macro}=")]
       deps = f"  <- {', '.join(run.depends_on)}" if run.depends_on else ""
       print(f"  {run.trial.name}: {' '.join(shown)}{deps}", file=out)
-  for index, wave in enumerate(waves(study)):
-    print(f"wave {index}: {len(wave)} runs ({wave_counts(study, wave)})", file=out)
+  for index, level in enumerate(levels(study)):
+    print(f"level {index}: {len(level)} runs ({stage_counts(study, level)})", file=out)
   for arm, selection in study.arms.items():
     mark = " (reference)" if arm == study.reference else ""
     print(f"arm {arm}{mark}: {selection['stage']}: {', '.join(selection['runs'])}", file=out)
@@ -651,13 +651,14 @@ class StudyOutcome:
   ran: dict           # stage -> [run names run now]
   skipped: dict       # stage -> [run names already done]
   failed: dict        # stage -> [run names that failed]
+  not_started: dict = dataclasses.field(default_factory=dict)  # stage -> [runs needing one]
   report_dir: Optional[Path] = None
 
 
-def waves(study: Study) -> list[list[Run]]:
-  """The study's runs grouped so that each starts as soon as the runs it names are done:
-  wave k holds the runs whose longest chain of dependencies has k links (wave 0: runs that
-  need no other run), whatever their stage."""
+def levels(study: Study) -> list[list[Run]]:
+  """The study's runs by depth (--dry_run prints them): level k holds the runs whose longest
+  chain of references has k links (level 0: runs that need no other run), whatever their
+  stage. Runs do not wait for their level: each starts once the runs it names are done."""
   level: dict[str, int] = {}
   for run in study.all_runs():  # in run order: a run's dependencies come first
     level[run.key] = 1 + max((level[d] for d in run.depends_on), default=-1)
@@ -667,7 +668,20 @@ def waves(study: Study) -> list[list[Run]]:
   return out
 
 
-def wave_counts(study: Study, runs: Sequence[Run]) -> str:
+def start_order(study: Study, runs: Sequence[Run]) -> list[Run]:
+  """`runs` in the order they take free slots: the runs more others wait on (the longest
+  chain of runs below them) first, then the spec's order; a run comes after the runs it
+  names."""
+  below: dict[str, int] = {}
+  for run in reversed(study.all_runs()):  # dependents come later in run order
+    below.setdefault(run.key, 0)
+    for d in run.depends_on:
+      below[d] = max(below.get(d, 0), below[run.key] + 1)
+  order = {r.key: i for i, r in enumerate(study.all_runs())}
+  return sorted(runs, key=lambda r: (-below.get(r.key, 0), order[r.key]))
+
+
+def stage_counts(study: Study, runs: Sequence[Run]) -> str:
   """"pretrain 2, finetune 4": how many of `runs` each stage has, in the spec's order."""
   return ", ".join(f"{name} {sum(r.stage == name for r in runs)}"
                    for name in study.stages if any(r.stage == name for r in runs))
@@ -677,10 +691,10 @@ def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, num_gpus: Optional[float] = None,
               extra_tasks_files: Sequence[str] = (), verbose: int = 1) -> StudyOutcome:
   """Checks the whole study, builds its vocabulary when none is given, runs the unfinished
-  runs on Ray (recast.jobs.sweep's trials and retries) wave by wave (`waves`: a run starts
-  with every other run whose dependencies are done, across stages), writes each stage's
-  sweep tables, then the report. Stops after a wave with failed runs (later runs may need
-  them)."""
+  runs on Ray (recast.jobs.sweep's trials and retries) as one Tune experiment in which
+  each run starts as soon as the runs it names are done (`start_order` for free slots),
+  writes each stage's sweep tables, then the report. A run needing a failed run is not
+  started; the study then ends with the failures (started again, it retries them)."""
   from recast.jobs import study_report
   study = load_study(path, extra_tasks_files=extra_tasks_files)
   if study.vocabulary is None:
@@ -697,25 +711,28 @@ def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
       outcome.ran[stage.name] = []
       outcome.skipped[stage.name] = [r.trial.name for r in stage.runs
                                      if sweep.is_done(r.trial)]
-    for index, wave in enumerate(waves(study)):
-      pending = [r for r in wave if not sweep.is_done(r.trial)]
-      if not pending:
-        continue
-      print(f"wave {index}: {len(pending)} runs ({wave_counts(study, pending)})", flush=True)
-      limits = [study.stages[r.stage].spec.max_concurrent_trials for r in pending]
-      limits = [n for n in limits if n]
+    pending = start_order(study, [r for r in study.all_runs() if not sweep.is_done(r.trial)])
+    if pending:
+      print(f"{len(pending)} runs to run ({stage_counts(study, pending)}); each starts as soon "
+            "as the runs it names are done", flush=True)
+      index = {r.key: i for i, r in enumerate(pending)}
+      limits = [n for n in (study.stages[r.stage].spec.max_concurrent_trials for r in pending)
+                if n]
       failed = sweep.tune_trials(
           [(study.stages[r.stage].spec, r.trial) for r in pending],
           tune_dir=study.study_dir / "tune", max_concurrent_trials=min(limits, default=None),
           max_failures=study.stages[pending[0].stage].spec.max_failures, address=address,
-          num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose)
+          num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
+          after=[[index[d] for d in r.depends_on if d in index] for r in pending])
       failed_names = {(spec.name, trial.name) for spec, trial in failed}
       for run in pending:
         if (run.stage, run.trial.name) in failed_names:
           outcome.failed.setdefault(run.stage, []).append(run.trial.name)
-        else:
+        elif sweep.is_done(run.trial):
           outcome.ran[run.stage].append(run.trial.name)
-      for stage in study.stages.values():  # tables of the stages this wave finished
+        else:  # it needs a failed run
+          outcome.not_started.setdefault(run.stage, []).append(run.trial.name)
+      for stage in study.stages.values():  # tables of the stages now finished
         if any(r.stage == stage.name for r in pending) and all(
             sweep.is_done(r.trial) for r in stage.runs):
           sweep.write_results(stage.spec, [r.trial for r in stage.runs])
@@ -755,6 +772,9 @@ def main(args: argparse.Namespace) -> int:
   for stage, ran in outcome.ran.items():
     print(f"stage {stage}: ran {len(ran)} runs ({len(outcome.skipped[stage])} were already "
           "done)")
+  for stage, waiting in outcome.not_started.items():
+    print(f"stage {stage}: {len(waiting)} runs not started (they need a failed run)",
+          file=sys.stderr)
   if outcome.failed:
     stage, failed = next(iter(outcome.failed.items()))
     print(f"stage {stage}: {len(failed)} runs failed (retried unless their input was "

@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 import yaml
@@ -667,14 +667,56 @@ def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
   return [trial.name for _, trial in failed]
 
 
+def ready_first_searcher(keys: Sequence[str], after: Mapping[str, Sequence[str]],
+                          finished: Callable[[str], bool]):
+  """A Tune searcher that hands out `keys` in order, each only once every key it waits for
+  (`after[key]`) completed and is `finished` (a rejected input completes without error but
+  is not): a free slot goes to the first ready trial, so a run starts as soon as the runs
+  it needs are done. A key waiting on a failed one is never handed out."""
+  from ray.tune.search import Searcher
+
+  class ReadyFirst(Searcher):
+    def __init__(self):
+      super().__init__()
+      self.pending, self.done, self.failed, self.ids = list(keys), set(), set(), {}
+
+    def suggest(self, trial_id: str):
+      blocked = True
+      while blocked:  # drop what waits (through any chain) on a failed trial
+        blocked = [k for k in self.pending if set(after.get(k, ())) & self.failed]
+        self.pending = [k for k in self.pending if k not in blocked]
+        self.failed |= set(blocked)
+      if not self.pending:
+        return Searcher.FINISHED
+      ready = next((k for k in self.pending if set(after.get(k, ())) <= self.done), None)
+      if ready is None:
+        return None  # asked again when a trial completes
+      self.pending.remove(ready)
+      self.ids[trial_id] = ready
+      return {"trial": ready}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+      key = self.ids.get(trial_id)
+      if key is not None:
+        (self.done if not error and finished(key) else self.failed).add(key)
+
+  return ReadyFirst()
+
+
 def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
                 max_concurrent_trials: Optional[int], max_failures: int,
                 address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float],
-                verbose: int) -> list[tuple[SweepSpec, Trial]]:
+                verbose: int, after: Optional[Sequence[Sequence[int]]] = None
+                ) -> list[tuple[SweepSpec, Trial]]:
   """Runs trials, each with its own spec's command, environment and resources (trials of
-  several sweeps, as a study's runs that can start together), as one Tune experiment in
-  `tune_dir`; returns the (spec, trial) pairs that failed: after retries, or at once when
-  `recast train` rejected its input (REJECTED_FILE)."""
+  several sweeps, as a study's runs), as one Tune experiment in `tune_dir`; returns the
+  (spec, trial) pairs that failed: after retries, or at once when `recast train` rejected
+  its input (REJECTED_FILE).
+
+  `after[i]`: the indices of the entries entry i needs finished first (a study's
+  references); it starts as soon as they are, in the first free slot (entries earlier in
+  the list first). An entry whose requirement failed is not started, and is not returned.
+  """
   from ray import tune
   launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
   attempt = 1 + (len(list(tune_dir.iterdir())) if tune_dir.is_dir() else 0)
@@ -695,11 +737,18 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
     factories = {k: resource_dict_to_pg_factory(r) if isinstance(r, dict) else r
                  for k, r in resources.items()}
     per_trial = lambda config: factories[config["trial"]]
+  if after and any(after):
+    waits = {keys[i]: [keys[j] for j in needs] for i, needs in enumerate(after)}
+    done = {k: Path(t.model_dir) / DONE_FILE for k, (_, t) in zip(keys, entries)}
+    space = {"search_alg": ready_first_searcher(keys, waits, lambda k: done[k].is_file()),
+             "num_samples": len(keys)}
+  else:
+    space = {}
   tuner = tune.Tuner(
       tune.with_resources(tune.with_parameters(run_trial, runs=runs), per_trial),
-      param_space={"trial": tune.grid_search(keys)},
+      param_space={} if space else {"trial": tune.grid_search(keys)},
       tune_config=tune.TuneConfig(
-          max_concurrent_trials=max_concurrent_trials,
+          max_concurrent_trials=max_concurrent_trials, **space,
           trial_dirname_creator=lambda t: t.config["trial"],
           trial_name_creator=lambda t: t.config["trial"]),
       run_config=tune.RunConfig(

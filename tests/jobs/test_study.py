@@ -218,7 +218,7 @@ def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_
   assert f"VOCABULARY='{TOY_VOCAB}'" in second
   assert second.endswith("<- first/000_SEED=0")
   assert "arm scratch (reference): first: 000_SEED=0, 001_SEED=1" in out
-  assert "wave 0: 2 runs (first 2)\nwave 1: 2 runs (second 2)\n" in out
+  assert "level 0: 2 runs (first 2)\nlevel 1: 2 runs (second 2)\n" in out
   assert "4 runs in 2 stages; gin checked, lengths checked; nothing started" in out
   assert not runs.exists()
   # Stages run in the order their references need, whatever order they are written in.
@@ -281,7 +281,7 @@ def test_multitask_smoke_study_compares_single_tasks_with_mixtures(shared_data):
       r.depends_on == (proportional[r.trial.point["SEED"]],) for r in runs)
 
 
-def test_cold_fusion_smoke_study_fuses_then_recycles_in_waves(shared_data):
+def test_cold_fusion_smoke_study_fuses_then_recycles_as_soon_as_it_can(shared_data):
   spec = study.load_study(REPO / "gin/experiments/studies/cold_fusion_smoke.yaml",
                           cwd=str(REPO))
   study.validate_study(spec)  # the fuse stage's gin as `recast fuse` reads it
@@ -303,11 +303,40 @@ def test_cold_fusion_smoke_study_fuses_then_recycles_in_waves(shared_data):
                      for seed in (0, 1)}  # each task at its own lengths, both bases alike
   # Each run starts as soon as what it names is done: the base's recycling runs beside
   # the fusion, the fused model's after it.
-  waves = [[f"{r.stage}:{r.trial.point.get('BASE', '')}" for r in w] for w in study.waves(spec)]
-  assert waves == [["pretrain:"], ["fusion:"] + ["recycle:pretrained"] * 4,
+  levels = [[f"{r.stage}:{r.trial.point.get('BASE', '')}" for r in w]
+            for w in study.levels(spec)]
+  assert levels == [["pretrain:"], ["fusion:"] + ["recycle:pretrained"] * 4,
                    ["recycle:fused"] * 4]
+  # Free slots go to the runs others wait on first: the pretraining, then the fusion.
+  order = [f"{r.stage}:{r.trial.point.get('BASE', '')}"
+           for r in study.start_order(spec, spec.all_runs())]
+  assert order == (["pretrain:", "fusion:"] + ["recycle:pretrained"] * 4 +
+                   ["recycle:fused"] * 4)
   assert set(spec.arms) == {"pretrained", "fused", "fusion_rounds"}
   assert spec.reference == "pretrained"
+
+
+@pytest.mark.parametrize("how", ["error", "rejected"])
+def test_a_run_starts_once_the_runs_it_names_are_done_and_never_after_a_failed_one(how):
+  """The study's scheduler (one Tune searcher): a free slot goes to the first run whose
+  references are finished; a run needing a failed or rejected run (completed without
+  error, but not finished) is never started, nor what needs it."""
+  from ray.tune.search import Searcher
+  finished = set()
+  searcher = sweep.ready_first_searcher(
+      ["a", "b", "c", "d", "e"], {"c": ["a"], "d": ["c"], "e": ["b"]}, finished.__contains__)
+  assert [searcher.suggest(i) for i in ("1", "2", "3")] == [{"trial": "a"}, {"trial": "b"},
+                                                            None]
+  finished.add("b")
+  searcher.on_trial_complete("2")
+  assert searcher.suggest("3") == {"trial": "e"}  # before c: its reference b is done
+  assert searcher.suggest("4") is None            # c waits on a
+  finished.add("a")
+  searcher.on_trial_complete("1")
+  assert searcher.suggest("4") == {"trial": "c"}
+  assert searcher.suggest("5") is None            # d waits on c
+  searcher.on_trial_complete("4", error=how == "error")  # c failed, or was rejected
+  assert searcher.suggest("5") == Searcher.FINISHED      # d is never started
 
 
 # ------------------------------------------------------------------------------------------
@@ -503,8 +532,9 @@ def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_
   assert (fusion_dir / "round_1/DONE").is_file() and (fusion_dir / "scores.md").is_file()
   log = (study_run["dir"] / "recycled/runs/000_SEED=0" / sweep.LOG_FILE).read_text()
   assert f"initialised from {fusion_dir}" in log
-  # Runs start in waves, not stage after stage: the fusion (it names no run) started before
-  # any run of `second`, a stage listed before it that needs `first`.
+  # Runs start as soon as they can, not stage after stage, the runs others wait on first:
+  # the fusion (it names no run; `recycled` needs it) started before any run of `second`, a
+  # stage listed before it that needs `first`.
   def started(model_dir):
     return json.loads(Path(model_dir, sweep.ATTEMPTS_FILE).read_text().splitlines()[0])[
         "started"]
