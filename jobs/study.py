@@ -232,6 +232,7 @@ class Study:
   arms: dict            # arm -> {"stage": S, "select": {axis: value}, "runs": [names]}
   reference: Optional[str]
   metric: Optional[str]
+  max_concurrent_runs: Optional[int] = None  # the study's max_concurrent_trials: all stages
 
   def all_runs(self) -> list[Run]:
     return [run for stage in self.stages.values() for run in stage.runs]
@@ -333,7 +334,8 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
   arms, reference = _arms(raw, stages, lines)
   metric = raw.get("metric")
   return Study(name=name, path=path, study_dir=study_dir, stages=stages, vocabulary=vocab,
-               arms=arms, reference=reference, metric=str(metric) if metric else None)
+               arms=arms, reference=reference, metric=str(metric) if metric else None,
+               max_concurrent_runs=raw.get("max_concurrent_trials"))
 
 
 def _study_vocabulary(raw: Mapping, stages_raw: Mapping, lines: _Lines, cwd: str
@@ -540,8 +542,9 @@ def validate_study(study: Study, out=None) -> None:
   if study.vocabulary is None:
     return  # (lengths depend on the vocabulary, built when the study starts)
   for stage in study.stages.values():
-    try:
-      warnings = sweep.check_trial_lengths(stage.spec, [r.trial for r in stage.runs])
+    try:  # (a finished run was checked when it started)
+      warnings = sweep.check_trial_lengths(
+          stage.spec, [r.trial for r in stage.runs if not sweep.is_done(r.trial)])
     except errors.UserError as e:
       raise type(e)(f"{study.path}, stage {stage.name}: {e}") from None
     for warning in warnings:
@@ -669,9 +672,8 @@ def levels(study: Study) -> list[list[Run]]:
 
 
 def start_order(study: Study, runs: Sequence[Run]) -> list[Run]:
-  """`runs` in the order they take free slots: the runs more others wait on (the longest
-  chain of runs below them) first, then the spec's order; a run comes after the runs it
-  names."""
+  """`runs` in the order they take free slots: the runs with the longest chain of runs
+  waiting below them first, then the spec's order; a run comes after the runs it names."""
   below: dict[str, int] = {}
   for run in reversed(study.all_runs()):  # dependents come later in run order
     below.setdefault(run.key, 0)
@@ -716,14 +718,14 @@ def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
       print(f"{len(pending)} runs to run ({stage_counts(study, pending)}); each starts as soon "
             "as the runs it names are done", flush=True)
       index = {r.key: i for i, r in enumerate(pending)}
-      limits = [n for n in (study.stages[r.stage].spec.max_concurrent_trials for r in pending)
-                if n]
       failed = sweep.tune_trials(
           [(study.stages[r.stage].spec, r.trial) for r in pending],
-          tune_dir=study.study_dir / "tune", max_concurrent_trials=min(limits, default=None),
+          tune_dir=study.study_dir / "tune", max_concurrent_trials=study.max_concurrent_runs,
           max_failures=study.stages[pending[0].stage].spec.max_failures, address=address,
           num_cpus=num_cpus, num_gpus=num_gpus, verbose=verbose,
-          after=[[index[d] for d in r.depends_on if d in index] for r in pending])
+          after=[[index[d] for d in r.depends_on if d in index] for r in pending],
+          group_limits=[(r.stage, study.stages[r.stage].spec.max_concurrent_trials)
+                        for r in pending])
       failed_names = {(spec.name, trial.name) for spec, trial in failed}
       for run in pending:
         if (run.stage, run.trial.name) in failed_names:
@@ -776,11 +778,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"stage {stage}: {len(waiting)} runs not started (they need a failed run)",
           file=sys.stderr)
   if outcome.failed:
-    stage, failed = next(iter(outcome.failed.items()))
-    print(f"stage {stage}: {len(failed)} runs failed (retried unless their input was "
-          f"rejected): {', '.join(failed)}; see {outcome.study_dir}/{stage}/runs/<run>/"
-          f"{sweep.LOG_FILE}, then run the study again (finished runs are kept)",
-          file=sys.stderr)
+    for stage, failed in outcome.failed.items():
+      print(f"stage {stage}: {len(failed)} runs failed (retried unless their input was "
+            f"rejected): {', '.join(failed)}; see {outcome.study_dir}/{stage}/runs/<run>/"
+            f"{sweep.LOG_FILE}", file=sys.stderr)
+    print("then run the study again (finished runs are kept)", file=sys.stderr)
     return 1
   if outcome.report_dir:
     print((outcome.report_dir / "report.md").read_text())

@@ -431,6 +431,7 @@ def check_trial_lengths(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
   warnings: dict[tuple, str] = {}
   try:
     for trial in (t for t in trials if t.command == "train"):
+      gin.clear_config(clear_constants=False)
       gin_config.parse_run_flags(argparse.Namespace(
           gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
           gin_search_paths=list(spec.gin_search_paths)), command=trial.command,
@@ -454,7 +455,6 @@ def check_trial_lengths(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
         raise type(e)(f"trial {trial.name}: {e}") from None
       if warning and key not in warnings:
         warnings[key] = f"trial {trial.name}: {warning}"
-      gin.clear_config(clear_constants=False)
   finally:
     gin.clear_config(clear_constants=False)
   return list(warnings.values())
@@ -668,17 +668,25 @@ def _tune(spec: SweepSpec, trials: Sequence[Trial], *, address: Optional[str],
 
 
 def ready_first_searcher(keys: Sequence[str], after: Mapping[str, Sequence[str]],
-                          finished: Callable[[str], bool]):
+                         finished: Callable[[str], bool],
+                         groups: Optional[Mapping[str, tuple[str, Optional[int]]]] = None):
   """A Tune searcher that hands out `keys` in order, each only once every key it waits for
   (`after[key]`) completed and is `finished` (a rejected input completes without error but
   is not): a free slot goes to the first ready trial, so a run starts as soon as the runs
-  it needs are done. A key waiting on a failed one is never handed out."""
+  it needs are done. A key waiting on a failed one is never handed out. `groups[key]`:
+  (group, limit): at most `limit` trials of a group at once (a study's stage)."""
+  groups = groups or {}
   from ray.tune.search import Searcher
 
   class ReadyFirst(Searcher):
     def __init__(self):
       super().__init__()
       self.pending, self.done, self.failed, self.ids = list(keys), set(), set(), {}
+      self.running: dict[str, int] = {}
+
+    def _room(self, key: str) -> bool:
+      group, limit = groups.get(key, (None, None))
+      return not limit or self.running.get(group, 0) < limit
 
     def suggest(self, trial_id: str):
       blocked = True
@@ -688,16 +696,21 @@ def ready_first_searcher(keys: Sequence[str], after: Mapping[str, Sequence[str]]
         self.failed |= set(blocked)
       if not self.pending:
         return Searcher.FINISHED
-      ready = next((k for k in self.pending if set(after.get(k, ())) <= self.done), None)
+      ready = next((k for k in self.pending
+                    if set(after.get(k, ())) <= self.done and self._room(k)), None)
       if ready is None:
         return None  # asked again when a trial completes
       self.pending.remove(ready)
       self.ids[trial_id] = ready
+      group = groups.get(ready, (None, None))[0]
+      self.running[group] = self.running.get(group, 0) + 1
       return {"trial": ready}
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
       key = self.ids.get(trial_id)
       if key is not None:
+        group = groups.get(key, (None, None))[0]
+        self.running[group] -= 1
         (self.done if not error and finished(key) else self.failed).add(key)
 
   return ReadyFirst()
@@ -706,7 +719,8 @@ def ready_first_searcher(keys: Sequence[str], after: Mapping[str, Sequence[str]]
 def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
                 max_concurrent_trials: Optional[int], max_failures: int,
                 address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float],
-                verbose: int, after: Optional[Sequence[Sequence[int]]] = None
+                verbose: int, after: Optional[Sequence[Sequence[int]]] = None,
+                group_limits: Optional[Sequence[tuple[str, Optional[int]]]] = None
                 ) -> list[tuple[SweepSpec, Trial]]:
   """Runs trials, each with its own spec's command, environment and resources (trials of
   several sweeps, as a study's runs), as one Tune experiment in `tune_dir`; returns the
@@ -716,6 +730,8 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
   `after[i]`: the indices of the entries entry i needs finished first (a study's
   references); it starts as soon as they are, in the first free slot (entries earlier in
   the list first). An entry whose requirement failed is not started, and is not returned.
+  `group_limits[i]`: (group, limit): at most `limit` entries of that group run at once (a
+  study's stage); `max_concurrent_trials` caps them all.
   """
   from ray import tune
   launcher.connect_ray(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
@@ -740,7 +756,9 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
   if after and any(after):
     waits = {keys[i]: [keys[j] for j in needs] for i, needs in enumerate(after)}
     done = {k: Path(t.model_dir) / DONE_FILE for k, (_, t) in zip(keys, entries)}
-    space = {"search_alg": ready_first_searcher(keys, waits, lambda k: done[k].is_file()),
+    groups = dict(zip(keys, group_limits)) if group_limits else None
+    space = {"search_alg": ready_first_searcher(keys, waits, lambda k: done[k].is_file(),
+                                                groups),
              "num_samples": len(keys)}
   else:
     space = {}
@@ -756,9 +774,10 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
           failure_config=tune.FailureConfig(max_failures=max_failures),
           checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
   results = tuner.fit()
+  started = {result.config["trial"] for result in results}
   failed = {result.config["trial"] for result in results if result.error is not None}
-  failed |= {key for key, (_, t) in zip(keys, entries)
-             if (Path(t.model_dir) / REJECTED_FILE).is_file()}
+  failed |= {key for key, (_, t) in zip(keys, entries)  # (an old one of a run not started
+             if key in started and (Path(t.model_dir) / REJECTED_FILE).is_file()}  # now)
   return [entry for key, entry in sorted(zip(keys, entries), key=lambda x: x[0])
           if key in failed]
 

@@ -315,9 +315,14 @@ def restore_train_state(model_dir: str | os.PathLike, step: int, abstract_state:
     return jax.block_until_ready(checkpointer.restore(step_dir / "state", abstract_state))
 
 
-def _from_orbax(error: Optional[BaseException], *texts: str) -> bool:
+# A failed restore's sibling reads: coroutines of orbax's array (de)serialization.
+_ORBAX_READS = os.path.join("orbax", "checkpoint", "_src", "serialization", "")
+
+
+def _from_orbax_reads(error: Optional[BaseException], *files: str) -> bool:
   frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-  return any("orbax" in t for t in texts) or any("orbax" in f.filename for f in frames)
+  return any(_ORBAX_READS in f for f in files) or any(_ORBAX_READS in f.filename
+                                                       for f in frames)
 
 
 class _DropOrbaxErrors(logging.Filter):
@@ -330,7 +335,9 @@ class _DropOrbaxErrors(logging.Filter):
       return True
     if record.name == "asyncio":
       error = record.exc_info[1] if record.exc_info else None
-      return not _from_orbax(error, record.getMessage())
+      # "future: <Task finished name=... coro=<async_deserialize() done, defined at FILE:N>"
+      defined = re.findall(r"coro=<.*?defined at (.+?):\d+>", record.getMessage())
+      return not _from_orbax_reads(error, *defined)
     return "orbax" not in record.pathname
 
 
@@ -338,12 +345,13 @@ _ORBAX_ERRORS = _DropOrbaxErrors()
 
 
 def _unraisable_hook_without_orbax(hook):
-  """`sys.unraisablehook` that passes over orbax's coroutines closed while raising (a failed
-  restore's sibling reads, "Exception ignored in: <coroutine ...>") and hands on the rest."""
+  """`sys.unraisablehook` that passes over orbax's read coroutines closed while raising (a
+  failed restore's sibling reads, "Exception ignored in: <coroutine ...>") and hands on
+  the rest."""
 
   def hook_without_orbax(unraisable):
     code = getattr(unraisable.object, "cr_code", None)
-    if not _from_orbax(unraisable.exc_value, getattr(code, "co_filename", "")):
+    if not _from_orbax_reads(unraisable.exc_value, getattr(code, "co_filename", "")):
       hook(unraisable)
 
   hook_without_orbax.passes_over_orbax = True
@@ -354,17 +362,20 @@ def _unraisable_hook_without_orbax(hook):
 def _orbax_errors_left_to_the_caller():
   """While restoring: orbax's own ERROR logs (with tracebacks, from its worker threads) are
   dropped; the error itself still raises, and a damaged checkpoint is then reported in one
-  line (`set_aside`). The asyncio filter and the unraisable hook stay on: a failed read
-  task of orbax's is reported when it is collected, at no fixed time."""
+  line (`set_aside`). Once a restore has failed, its read tasks are reported when they are
+  collected, at no fixed time: from then on the process drops asyncio's and the unraisable
+  hook's reports of orbax's read coroutines (nothing else)."""
   absl_logger = logging.getLogger("absl")
   absl_logger.addFilter(_ORBAX_ERRORS)
-  logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS)  # a set: added once
-  if not getattr(sys.unraisablehook, "passes_over_orbax", False):
-    sys.unraisablehook = _unraisable_hook_without_orbax(sys.unraisablehook)
   try:
     yield
-  finally:
+  except BaseException:
+    logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS)  # a set: added once
+    if not getattr(sys.unraisablehook, "passes_over_orbax", False):
+      sys.unraisablehook = _unraisable_hook_without_orbax(sys.unraisablehook)
     gc.collect()  # collects the failed restore's tasks now, while absl's filter is on
+    raise
+  finally:
     absl_logger.removeFilter(_ORBAX_ERRORS)
 
 

@@ -637,3 +637,16 @@ def test_a_built_in_study_is_found_by_name_and_a_typo_names_the_close_one(tmp_pa
     study.find_spec(Path("multitask_smok.yaml"))
   with pytest.raises(study.StudySpecError, match="the built-in studies are "):
     study.find_spec(Path("nothing/like/this.yaml"))
+
+
+def test_a_stage_limit_holds_that_stages_runs_only():
+  """A stage's max_concurrent_trials limits its own runs, not the others' (the study's own
+  max_concurrent_trials caps every run, through Tune)."""
+  searcher = sweep.ready_first_searcher(
+      ["a1", "a2", "b1"], {}, lambda k: True, {"a1": ("a", 1), "a2": ("a", 1),
+                                               "b1": ("b", None)})
+  assert searcher.suggest("1") == {"trial": "a1"}
+  assert searcher.suggest("2") == {"trial": "b1"}  # a2 waits for a slot of stage a
+  assert searcher.suggest("3") is None
+  searcher.on_trial_complete("1")
+  assert searcher.suggest("3") == {"trial": "a2"}
