@@ -563,10 +563,7 @@ def compared_task_names(study: Study) -> list[str]:
       task_files.register_task_file(path)
     for run in stage.runs:
       try:
-        gin_config.parse_run_flags(argparse.Namespace(
-            gin_file=list(run.trial.gin_files), gin_bindings=list(run.trial.bindings),
-            gin_search_paths=list(stage.spec.gin_search_paths)), command=run.trial.command,
-            required_macros=sweep.REQUIRED_MACROS[run.trial.command], finalize=False)
+        sweep.parse_trial_gin(stage.spec, run.trial)
         for task in sweep.trial_task_names():
           lookup.get_mixture_or_task(task)
           if task not in found:

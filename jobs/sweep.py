@@ -390,6 +390,15 @@ def trial_task_names() -> list[str]:
   return names
 
 
+def parse_trial_gin(spec: SweepSpec, trial: Trial) -> None:
+  """Parses a trial's gin as its `recast train` (or `fuse`) process opens it, unfinalized;
+  it rejects a macro binding nothing reads (gin_config.check_macro_bindings)."""
+  gin_config.parse_run_flags(argparse.Namespace(
+      gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
+      gin_search_paths=list(spec.gin_search_paths)), command=trial.command,
+      required_macros=REQUIRED_MACROS[trial.command], finalize=False)
+
+
 def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
   """Parses every trial's gin (base files, point, MODEL_DIR) without running anything.
 
@@ -401,12 +410,9 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
     task_files.register_task_file(path)
   try:
     for trial in trials:
-      try:  # The trial's `recast train` (or `fuse`) opening, as its process will run it;
-        # it rejects a macro binding nothing reads (gin_config.check_macro_bindings).
-        gin_config.parse_run_flags(argparse.Namespace(
-            gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
-            gin_search_paths=list(spec.gin_search_paths)), command=trial.command,
-            required_macros=REQUIRED_MACROS[trial.command], finalize=False)
+      gin.clear_config(clear_constants=False)  # each trial on its own config
+      try:
+        parse_trial_gin(spec, trial)
         for name in trial_task_names():
           lookup.get_mixture_or_task(name)
       except errors.UserError as e:
@@ -432,10 +438,7 @@ def check_trial_lengths(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
   try:
     for trial in (t for t in trials if t.command == "train"):
       gin.clear_config(clear_constants=False)
-      gin_config.parse_run_flags(argparse.Namespace(
-          gin_file=list(trial.gin_files), gin_bindings=list(trial.bindings),
-          gin_search_paths=list(spec.gin_search_paths)), command=trial.command,
-          required_macros=REQUIRED_MACROS[trial.command], finalize=False)
+      parse_trial_gin(spec, trial)
       name = gin_config.parameter_value("train.mixture_or_task_name", None)
       lengths = gin_config.parameter_value("train.task_feature_lengths", None)
       if not isinstance(name, str) or not isinstance(lengths, Mapping):
