@@ -716,6 +716,25 @@ def ready_first_searcher(keys: Sequence[str], after: Mapping[str, Sequence[str]]
         self.running[group] -= 1
         (self.done if not error and finished(key) else self.failed).add(key)
 
+    # Tune saves its searcher with the experiment (and warns when it cannot); a study
+    # started again rebuilds this state from the runs' folders, so this is for Tune alone.
+    def get_state(self) -> dict:
+      return {"pending": list(self.pending), "done": sorted(self.done),
+              "failed": sorted(self.failed), "ids": dict(self.ids),
+              "running": dict(self.running)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+      self.pending, self.ids = list(state["pending"]), dict(state["ids"])
+      self.done, self.failed = set(state["done"]), set(state["failed"])
+      self.running = dict(state["running"])
+
+    def save(self, checkpoint_path: str) -> None:
+      atomic_files.write_json(checkpoint_path, self.get_state())
+
+    def restore(self, checkpoint_path: str) -> None:
+      with open(checkpoint_path) as f:
+        self.set_state(json.load(f))
+
   return ReadyFirst()
 
 

@@ -87,12 +87,17 @@ def check_truncation(report: Mapping[str, dict], *, task_feature_lengths: Mappin
   cut = {k: v for k, v in report.items() if v["fraction"] > 0}
   if not cut:
     return None
-  suggested = {k: max(task_feature_lengths[k], _round_up(v["p99"], 8)) for k, v in
-               report.items()}
+  current = {k: task_feature_lengths[k] for k in report}
+  suggested = {k: max(current[k], _round_up(v["p99"], 8)) for k, v in report.items()}
+  if suggested != current:
+    hint = "to keep 99% whole"
+  else:  # 99% fit already: what would keep every example seen whole
+    hint = "99% already fit; to keep all whole"
+    suggested = {k: max(current[k], _round_up(v["longest"], 8)) for k, v in report.items()}
   detail = "; ".join(f"{k}: {v['fraction']:.1%} longer than {task_feature_lengths[k]} "
                      f"(longest {v['longest']}, 99% fit in {v['p99']})" for k, v in cut.items())
-  message = (f"{name}: examples will be truncated by TASK_FEATURE_LENGTHS ({detail}); to keep "
-             f"99% whole, set --gin.TASK_FEATURE_LENGTHS=\"{suggested}\"")
+  message = (f"{name}: examples will be truncated by TASK_FEATURE_LENGTHS ({detail}); {hint}, "
+             f"set --gin.TASK_FEATURE_LENGTHS=\"{suggested}\"")
   if max(v["fraction"] for v in cut.values()) > max_fraction:
     raise TruncationError(f"{message}. (More than {max_fraction:.0%} truncated is an error; "
                         "accept it with --gin.train.max_truncated_fraction=1.0)")

@@ -650,3 +650,20 @@ def test_a_stage_limit_holds_that_stages_runs_only():
   assert searcher.suggest("3") is None
   searcher.on_trial_complete("1")
   assert searcher.suggest("3") == {"trial": "a2"}
+
+
+def test_the_scheduler_saved_by_tune_restores_to_the_same_next_run(tmp_path):
+  """Tune saves the searcher with its experiment: the restored one hands out what the
+  saved one would have, and knows which runs are done and which are still running."""
+  def make():
+    return sweep.ready_first_searcher(
+        ["a", "b", "c"], {"c": ["a"]}, lambda k: True, {"a": ("s", 1), "b": ("s", 1),
+                                                        "c": ("t", None)})
+  searcher = make()
+  assert searcher.suggest("1") == {"trial": "a"}
+  searcher.save(str(tmp_path / "searcher.json"))
+  restored = make()
+  restored.restore(str(tmp_path / "searcher.json"))
+  assert restored.suggest("2") is None  # stage s is full: a still runs
+  restored.on_trial_complete("1")
+  assert [restored.suggest("2"), restored.suggest("3")] == [{"trial": "b"}, {"trial": "c"}]

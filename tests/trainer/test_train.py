@@ -165,6 +165,18 @@ def test_truncation_is_reported_and_too_much_is_an_error(toy_task):
       task_feature_lengths=fits, max_fraction=0.0, name=toy_task) is None
 
 
+def test_a_cut_of_less_than_one_percent_suggests_lengths_that_keep_every_example():
+  """When 99% fit already, suggesting the current lengths would be no advice: the warning
+  names the lengths that keep every example seen whole."""
+  report = {"inputs": {"fraction": 0.004, "longest": 72, "p99": 58},
+            "targets": {"fraction": 0.0, "longest": 3, "p99": 3}}
+  warning = input_pipeline.check_truncation(report, task_feature_lengths={"inputs": 64,
+                                                                          "targets": 8},
+                                            max_fraction=0.1, name="sst2")
+  assert "99% already fit" in warning
+  assert "{'inputs': 72, 'targets': 8}" in warning
+
+
 def test_unknown_task_names_close_matches(toy_task):
   from recast import errors
   with pytest.raises(errors.UserError, match=r"toy_rte_46.*did you mean toy_rte_64"):
