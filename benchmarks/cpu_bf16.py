@@ -31,6 +31,10 @@ FLAG_SETS = {
     "xnnpack_dot_fusion": "--xla_cpu_use_xnnpack=true --xla_cpu_experimental_xnn_fusion_type=dot",
     "ynnpack_dot_fusion": "--xla_cpu_experimental_ynn_fusion_type=dot",
     "fast_math": "--xla_cpu_enable_fast_math=true",
+    # oneDNN's matmul as a custom call (the rewriter that also fuses bias/activations into
+    # it; AMX kernels on CPUs that have them).
+    "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
 }
 
 

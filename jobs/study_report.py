@@ -148,9 +148,11 @@ def _arm_rows(task: str, metric: str, per_arm: Mapping[str, Mapping[Any, float]]
            "std": std, "ci95_low": low, "ci95_high": high, "baseline": baseline}
     if arm != reference and per_arm.get(reference):
       seeds = [s for s in values if s in per_arm[reference]]
-      diffs = [values[s] - per_arm[reference][s] for s in seeds]
+      # Rounded to 1e-9: a difference that is float noise (a mean of +x and -x) is 0.
+      diffs = [round(values[s] - per_arm[reference][s], 9) for s in seeds]
       if diffs:
         d_mean, _, d_low, d_high = interval(diffs)
+        d_mean = round(d_mean, 9)
         sign = np.sign(d_mean)
         row.update(diff_mean=d_mean, diff_ci95_low=d_low, diff_ci95_high=d_high,
                    diff_agree=int(sum(np.sign(d) == sign for d in diffs)),
