@@ -35,6 +35,10 @@ FLAG_SETS = {
     # it; AMX kernels on CPUs that have them).
     "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+    # No YNNPACK fusions: dots go to XLA's own (Eigen) kernels or, with oneDNN on, to it.
+    "no_ynnpack": "--xla_cpu_experimental_ynn_fusion_type=",
+    "onednn_no_ynnpack": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true"
+                          " --xla_cpu_experimental_ynn_fusion_type="),
 }
 
 
