@@ -667,3 +667,15 @@ def test_the_scheduler_saved_by_tune_restores_to_the_same_next_run(tmp_path):
   assert restored.suggest("2") is None  # stage s is full: a still runs
   restored.on_trial_complete("1")
   assert [restored.suggest("2"), restored.suggest("3")] == [{"trial": "b"}, {"trial": "c"}]
+
+
+def test_a_paired_difference_that_is_float_noise_reads_zero():
+  """Seeds that differ from the reference by +x and -x average to 0, not to 1e-15, and no
+  seed agrees in sign with a zero mean."""
+  rows = study_report._arm_rows("t", "accuracy", {
+      "ref": {0: 67.70833333333333, 1: 67.70833333333333},
+      "arm": {0: 67.70833333333333 + 0.2604166666666714, 1: 67.70833333333333 - 0.2604166666666572}},
+      None, "ref")
+  arm = next(r for r in rows if r["arm"] == "arm")
+  assert arm["diff_mean"] == 0
+  assert arm["diff_agree"] == 0 and arm["diff_pairs"] == 2
