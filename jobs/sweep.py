@@ -424,7 +424,8 @@ def validate_trials(spec: SweepSpec, trials: Sequence[Trial]) -> None:
 def check_trial_lengths(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
   """The truncation check each `recast train` trial makes at its start
   (input_pipeline.check_truncation on its task, lengths and split), made for all of them
-  before any starts; each distinct (task, lengths, split) is measured once.
+  before any starts; a `fuse` trial's contributors (a `recast train` run per pool task, at
+  the fusion's lengths) likewise. Each distinct (task, lengths, split) is measured once.
 
   Raises TruncationError naming the trial when more than its max_truncated_fraction would
   be cut; returns the warnings for the rest ("trial: task: ... truncated ..."). Examples
@@ -436,28 +437,36 @@ def check_trial_lengths(spec: SweepSpec, trials: Sequence[Trial]) -> list[str]:
   reports: dict[tuple, dict] = {}
   warnings: dict[tuple, str] = {}
   try:
-    for trial in (t for t in trials if t.command == "train"):
+    for trial in (t for t in trials if t.command in ("train", "fuse")):
       gin.clear_config(clear_constants=False)
       parse_trial_gin(spec, trial)
-      name = gin_config.parameter_value("train.mixture_or_task_name", None)
       lengths = gin_config.parameter_value("train.task_feature_lengths", None)
-      if not isinstance(name, str) or not isinstance(lengths, Mapping):
+      if trial.command == "fuse":  # each contributor trains on one pool task
+        pool = gin_config.parameter_value("cold_fusion.pool", None)
+        names = list(pool) if isinstance(pool, (list, tuple)) else None
+        who = "contributor of "
+      else:
+        names, who = [gin_config.parameter_value("train.mixture_or_task_name", None)], ""
+      if (not names or not all(isinstance(n, str) for n in names)
+          or not isinstance(lengths, Mapping)):
         continue  # bound through code gin cannot show here: the trial checks it itself
       split = gin_config.parameter_value("train.split", "train")
       use_cached = gin_config.parameter_value("train.use_cached", False)
       max_fraction = gin_config.parameter_value("train.max_truncated_fraction", 0.1)
-      key = (name, tuple(sorted(lengths.items())), split, bool(use_cached))
-      if key not in reports:
-        reports[key] = input_pipeline.truncation_report(
-            mixture_or_task_name=name, task_feature_lengths=lengths, split=split,
-            use_cached=use_cached)
-      try:
-        warning = input_pipeline.check_truncation(
-            reports[key], task_feature_lengths=lengths, max_fraction=max_fraction, name=name)
-      except errors.UserError as e:
-        raise type(e)(f"trial {trial.name}: {e}") from None
-      if warning and key not in warnings:
-        warnings[key] = f"trial {trial.name}: {warning}"
+      for name in names:
+        key = (name, tuple(sorted(lengths.items())), split, bool(use_cached))
+        if key not in reports:
+          reports[key] = input_pipeline.truncation_report(
+              mixture_or_task_name=name, task_feature_lengths=lengths, split=split,
+              use_cached=use_cached)
+        try:
+          warning = input_pipeline.check_truncation(
+              reports[key], task_feature_lengths=lengths, max_fraction=max_fraction,
+              name=name)
+        except errors.UserError as e:
+          raise type(e)(f"trial {trial.name}: {who}{e}") from None
+        if warning and key not in warnings:
+          warnings[key] = f"trial {trial.name}: {who}{warning}"
   finally:
     gin.clear_config(clear_constants=False)
   return list(warnings.values())

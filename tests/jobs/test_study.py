@@ -205,6 +205,29 @@ def test_lengths_that_cut_too_much_in_a_later_stage_stop_the_study_before_any_ru
   assert not (tmp_path / "studies").exists()
 
 
+def test_a_fusion_whose_contributors_would_cut_too_much_stops_the_study_before_any_run(
+    tmp_path, toy_task_file, capsys):
+  """A fuse stage's contributors (a `recast train` per pool task, at the fusion's lengths)
+  are checked with the rest: the study stops before its first run, naming the contributor."""
+  fusion = FUSION_STAGES.replace("NUM_EVAL_EXAMPLES: 8}", "NUM_EVAL_EXAMPLES: 8,\n"
+                                 "               TASK_FEATURE_LENGTHS: {inputs: 4, targets: 8},"
+                                 "\n               train.max_truncated_fraction: 0.1}")
+  text = _spec_text(tmp_path, toy_task_file).replace("arms:\n", fusion + "arms:\n", 1)
+  with pytest.raises(sweep.errors.UserError) as raised:
+    study.run_study(_write(tmp_path, text))
+  message = str(raised.value)
+  assert ("stage fusion: trial 000_FUSION_SEED=0: contributor of study_toy: examples will be "
+          "truncated") in message
+  assert "inputs: 100.0% longer than 4" in message
+  assert not (tmp_path / "studies").exists()
+  # Under the run's limit (the study's 1.0) the same cut is one warning naming the stage.
+  study.validate_study(study.load_study(_write(tmp_path, _spec_text(
+      tmp_path, toy_task_file).replace("arms:\n", FUSION_STAGES + "arms:\n", 1))))
+  assert capsys.readouterr().err.count(
+      "warning: stage fusion, trial 000_FUSION_SEED=0: contributor of study_toy: examples "
+      "will be truncated") == 1
+
+
 def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_file,
                                                               capsys):
   path = _write(tmp_path, _spec_text(tmp_path, toy_task_file))
