@@ -8,6 +8,7 @@ follow T5X's minimal T5 (`token_embedder`, `encoder/layers_0/attention/query`, .
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
 from typing import Any, Optional
@@ -159,35 +160,41 @@ def _matmul_f32_accumulate(a: Array, b: Array) -> Array:
 
 @jax.custom_vjp
 def _matmul_with_plain_vjp(x: Array, w: Array) -> Array:
-  return _matmul_f32_accumulate(x, w)
+  return _matmul_f32_accumulate(x, w.astype(x.dtype))
 
 
 def _matmul_fwd(x, w):
-  return _matmul_f32_accumulate(x, w), (x, w)
+  w_cast = w.astype(x.dtype)
+  return _matmul_f32_accumulate(x, w_cast), (x, w_cast, jnp.zeros((0,), w.dtype))
 
 
 def _matmul_bwd(residuals, g):
-  x, w = residuals
+  x, w_cast, w_dtype = residuals
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  return (_matmul_f32_accumulate(g, w.T).astype(x.dtype),
-          _matmul_f32_accumulate(x2.T, g2).astype(w.dtype))
+  # The weight gradient leaves the dot in float32 and stays there for a float32 weight:
+  # no rounding to the activation dtype and back (two passes over every gradient).
+  dw = jnp.matmul(x2.T, g2, preferred_element_type=jnp.float32)
+  return _matmul_f32_accumulate(g, w_cast.T).astype(x.dtype), dw.astype(w_dtype.dtype)
 
 
 _matmul_with_plain_vjp.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def dense(x: Array, w: Array) -> Array:
-  """x [..., n] @ w [n, m], the same numbers as `x @ w` and the same gradients.
+  """x [..., n] @ w [n, m] with w cast to x's dtype (float32 parameters, bf16 or float32
+  activations): the numbers of `x @ w.astype(x.dtype)`, in x's dtype.
 
   On XLA:CPU the gradient comes from a hand-written VJP: left to autodiff, XLA:CPU fuses
   the elementwise backward of whatever follows (GELU, gating) into a transposed copy of the
   [tokens, m] gradient that feeds the weight gradient; that copy was a fifth of the train
   step (benchmarks/, BENCHMARKS.md section 1), and the VJP boundary halves the feed-forward
-  block's forward + backward time. Other backends use plain autodiff.
+  block's forward + backward time. Its weight gradient is accumulated and returned in w's
+  dtype (float32), where autodiff of the cast would round it to bf16 first. Other backends
+  use plain autodiff.
   """
   if jax.default_backend() == "cpu":
     return _matmul_with_plain_vjp(x, w)
-  return x @ w
+  return x @ w.astype(x.dtype)
 
 
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool,
@@ -335,6 +342,60 @@ def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask,
       **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_attention(has_bias: bool, keep_prob: Optional[float]):
+  """softmax(q k^T + bias + mask_bias) v with a hand-written VJP, for XLA:CPU.
+
+  The same numbers as the einsum path below in float32 (within rounding: the softmax
+  gradient is written out). Every matmul, forward and backward, asks for float32 results
+  from its (bf16 or float32) operands, so bf16 ones run on the AVX512-BF16/AMX units
+  (`_matmul_f32_accumulate`); left to autodiff, the backward dots are bf16 -> bf16, which
+  XLA:CPU runs as float32 dots between converted copies. The position-bias gradient (the
+  sum of dlogits over the batch) is a dot with a vector of ones: YNNPACK's reduction of
+  [b, heads, q, k] over b ran at under 1 GB/s, 30x slower. With `keep_prob` the attention
+  weights are dropped out by `keep` (nn.Dropout's mask: select(keep, w / keep_prob, 0)).
+  """
+  f32 = jnp.float32
+
+  def drop(weights, keep):
+    if keep_prob is None:
+      return weights
+    return lax.select(keep, weights / keep_prob, jnp.zeros_like(weights))
+
+  def forward(query, key, value, bias, mask_bias, keep):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=f32)
+    if has_bias:
+      logits = logits + bias
+    probs = jax.nn.softmax(logits + mask_bias, axis=-1)
+    weights = drop(probs.astype(query.dtype), keep)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value, preferred_element_type=f32)
+    return out.astype(query.dtype), (query, key, value, probs, keep)
+
+  def backward(residuals, grad):
+    query, key, value, probs, keep = residuals
+    dweights = jnp.einsum("bqhd,bkhd->bhqk", grad, value, preferred_element_type=f32)
+    if keep_prob is not None:
+      dweights = jnp.where(keep, dweights / keep_prob, 0.0)
+    weights = drop(probs.astype(query.dtype), keep)
+    dvalue = jnp.einsum("bhqk,bqhd->bkhd", weights, grad, preferred_element_type=f32)
+    dlogits = probs * (dweights - jnp.sum(dweights * probs, axis=-1, keepdims=True))
+    dlogits_c = dlogits.astype(query.dtype)
+    dquery = jnp.einsum("bhqk,bkhd->bqhd", dlogits_c, key, preferred_element_type=f32)
+    dkey = jnp.einsum("bhqk,bqhd->bkhd", dlogits_c, query, preferred_element_type=f32)
+    dbias = None
+    if has_bias:  # bias [1, heads, q, k]: summed over the batch
+      dbias = jnp.einsum("b,bhqk->hqk", jnp.ones(dlogits.shape[0], f32), dlogits)[None]
+    return (dquery.astype(query.dtype), dkey.astype(key.dtype), dvalue.astype(value.dtype),
+            dbias, None, None)
+
+  @jax.custom_vjp
+  def attention(query, key, value, bias, mask_bias, keep):
+    return forward(query, key, value, bias, mask_bias, keep)[0]
+
+  attention.defvjp(forward, backward)
+  return attention
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention without the 1/sqrt(d_kv) scale (T5 folds it into init).
 
@@ -356,7 +417,7 @@ class Attention(nn.Module):
     cfg = self.config
     kernel = _param(self, name, nn.initializers.normal(init_std),
                     (x.shape[-1], cfg.num_heads, cfg.d_kv), ("embed", "heads", "kv"))
-    heads_and_kv = dense(x, kernel.astype(x.dtype).reshape(x.shape[-1], -1))
+    heads_and_kv = dense(x, kernel.reshape(x.shape[-1], -1))
     return heads_and_kv.reshape(*x.shape[:-1], cfg.num_heads, cfg.d_kv)
 
   def _implementation(self, query_length, key_length, has_position_bias, dropout, decode,
@@ -409,6 +470,17 @@ class Attention(nn.Module):
           causal=mask.causal).astype(dtype)
     elif implementation == "cudnn":
       out = fused_attention(query, key, value, mask, position_bias)
+    elif jax.default_backend() == "cpu" and not (enable_dropout and cfg.dropout_rate >= 1):
+      dropout = enable_dropout and cfg.dropout_rate > 0
+      keep = None
+      if dropout:  # nn.Dropout's own mask (same module name, same rng) for the weights
+        shape = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+        keep = nn.Dropout(cfg.dropout_rate)(jnp.ones(shape, jnp.float32),
+                                            deterministic=False) > 0
+      has_bias = position_bias is not None
+      out = _cpu_attention(has_bias, 1.0 - cfg.dropout_rate if dropout else None)(
+          query, key, value, position_bias if has_bias else jnp.zeros((), jnp.float32),
+          mask.bias(), keep)
     else:
       logits = jnp.einsum("bqhk,bthk->bhqt", query, key).astype(jnp.float32)
       if position_bias is not None:
@@ -418,7 +490,7 @@ class Attention(nn.Module):
       out = jnp.einsum("bhqt,bthk->bqhk", weights, value)
     out_kernel = _param(self, "out", nn.initializers.normal((cfg.num_heads * cfg.d_kv) ** -0.5),
                         (cfg.num_heads, cfg.d_kv, d), ("heads", "kv", "embed"))
-    return dense(out.reshape(*out.shape[:-2], -1), out_kernel.astype(dtype).reshape(-1, d))
+    return dense(out.reshape(*out.shape[:-2], -1), out_kernel.reshape(-1, d))
 
   def _update_cache(self, key: Array, value: Array):
     initialized = self.has_variable("cache", "cached_key")
@@ -450,15 +522,15 @@ class FeedForward(nn.Module):
     if cfg.feed_forward == "gated-gelu":
       wi_0 = _param(self, "wi_0", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
       wi_1 = _param(self, "wi_1", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
-      h = nn.gelu(dense(x, wi_0.astype(dtype)), approximate=True) * dense(x, wi_1.astype(dtype))
+      h = nn.gelu(dense(x, wi_0), approximate=True) * dense(x, wi_1)
     else:
       wi = _param(self, "wi", wi_init, (d, cfg.d_ff), ("embed", "mlp"))
-      h = nn.relu(dense(x, wi.astype(dtype)))
+      h = nn.relu(dense(x, wi))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=not enable_dropout)
     wo = _param(self, "wo", nn.initializers.normal(cfg.d_ff ** -0.5), (cfg.d_ff, d),
                 ("mlp", "embed"))
-    return dense(h, wo.astype(dtype))
+    return dense(h, wo)
 
 
 class EncoderLayer(nn.Module):
@@ -566,7 +638,7 @@ class Decoder(nn.Module):
     else:
       kernel = _param(self, "logits_dense", nn.initializers.normal(cfg.d_model ** -0.5),
                       (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
-      logits = dense(x, kernel.astype(x.dtype))
+      logits = dense(x, kernel)
     return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
   def _decode_masks(self, relpos, encoder_mask, length):
@@ -607,7 +679,7 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0)
 
   def attend(self, x: Array) -> Array:
-    return dense(x, self.embedding.astype(x.dtype).T)
+    return dense(x, self.embedding.T)
 
 
 class Transformer(nn.Module):

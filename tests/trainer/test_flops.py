@@ -42,10 +42,12 @@ def test_scaling_with_layers_and_lengths():
 
 
 def _dot_general_flops(jaxpr) -> int:
-  """2*m*n*k summed over every dot_general in a jaxpr, sub-jaxprs included."""
+  """2*m*n*k summed over every dot_general in a jaxpr, sub-jaxprs included; a dot with a
+  vector (the CPU attention's position-bias gradient, a batch sum written as a dot with
+  ones) is a reduction, not a matmul of the model, and is left out."""
   total = 0
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name == "dot_general" and min(v.aval.ndim for v in eqn.invars) > 1:
       (contracting, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval.shape
       total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
