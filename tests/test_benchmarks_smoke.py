@@ -178,3 +178,20 @@ def test_gpu_benchmark_flow_on_cpu(monkeypatch, tmp_path, capsys):
   assert "No such compile option" in bad["skipped"]
   assert larger["examples_per_s"] > 0 and larger["mfu"] is None  # no peak known for a CPU
   assert "XLA options {'xla_cpu_enable_fast_math': False}" in capsys.readouterr().out
+
+
+def test_cpu_attention_benchmark_compares_the_two_paths_on_the_same_numbers():
+  """benchmarks/cpu_attention.py at a toy size: a row per path and dtype, and in float32
+  the two paths agree (loss and every gradient) to rounding; no timing assertion."""
+  from benchmarks import cpu_attention
+  if network.jax.default_backend() != "cpu":
+    pytest.skip("the CPU path is XLA:CPU's")
+  rows = cpu_attention.run(dtypes=["float32", "bfloat16"], batch=2, length=16, d_model=32,
+                           heads=2, layers=2, repetitions=1)
+  assert [(r[0], r[1]) for r in rows] == [
+      ("float32", "recast CPU path"), ("float32", "generic path"),
+      ("bfloat16", "recast CPU path"), ("bfloat16", "generic path")]
+  assert all(r[2] > 0 for r in rows) and rows[1][3] == pytest.approx(1.0)
+  assert float(rows[0][4]) < 1e-5 and float(rows[0][5]) < 1e-4  # float32: the same numbers
+  assert float(rows[2][5]) < 0.1  # bf16: within bf16 rounding of each other
+  assert network.jax.default_backend() == "cpu"  # the generic path's patch is undone
