@@ -111,8 +111,10 @@ def main(argv=None) -> int:
   rows = run(dtypes=args.dtypes.split(","), batch=args.batch, length=args.length,
              d_model=args.d_model, heads=args.heads, layers=args.layers,
              repetitions=args.repetitions)
-  print(f"attention forward + backward on {cpu_description()}: {args.layers} layers, batch "
-        f"{args.batch} x {args.length}, d_model {args.d_model}, {args.heads} heads")
+  cpu = cpu_description()
+  print(f"attention forward + backward, {cpu['model']} ({cpu['cores']} cores; "
+        f"{', '.join(cpu['isa'])}); {args.layers} layers, batch {args.batch} x {args.length}, "
+        f"d_model {args.d_model}, {args.heads} heads")
   print(table(["dtype", "path", "ms (median)", "speed-up over generic",
                "loss rel. diff", "max grad rel. diff"], rows))
   return 0
