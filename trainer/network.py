@@ -369,16 +369,19 @@ def _cpu_attention(has_bias: bool, keep_prob: Optional[float]):
     probs = jax.nn.softmax(logits + mask_bias, axis=-1)
     weights = drop(probs.astype(query.dtype), keep)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value, preferred_element_type=f32)
-    return out.astype(query.dtype), (query, key, value, probs, keep)
+    return out.astype(query.dtype), (query, key, value, probs, keep, out)
 
   def backward(residuals, grad):
-    query, key, value, probs, keep = residuals
+    query, key, value, probs, keep, out = residuals
     dweights = jnp.einsum("bqhd,bkhd->bhqk", grad, value, preferred_element_type=f32)
     if keep_prob is not None:
       dweights = jnp.where(keep, dweights / keep_prob, 0.0)
     weights = drop(probs.astype(query.dtype), keep)
     dvalue = jnp.einsum("bhqk,bqhd->bkhd", weights, grad, preferred_element_type=f32)
-    dlogits = probs * (dweights - jnp.sum(dweights * probs, axis=-1, keepdims=True))
+    # softmax's sum_k p_k dL/dp_k is sum_d grad * out (FlashAttention's D): a reduction over
+    # d_kv of [b, q, heads, d_kv], not over the keys of [b, heads, q, k].
+    rowsum = jnp.sum(grad.astype(f32) * out, axis=-1).transpose(0, 2, 1)[..., None]
+    dlogits = probs * (dweights - rowsum)
     dlogits_c = dlogits.astype(query.dtype)
     dquery = jnp.einsum("bhqk,bkhd->bqhd", dlogits_c, key, preferred_element_type=f32)
     dkey = jnp.einsum("bhqk,bqhd->bkhd", dlogits_c, query, preferred_element_type=f32)
