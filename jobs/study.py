@@ -531,8 +531,8 @@ def _arms(raw: Mapping, stages: Mapping[str, Stage], lines: _Lines
 
 def validate_study(study: Study, out=None) -> None:
   """Every run's gin, as its `recast train` will read it (sweep.validate_trials); with the
-  study's vocabulary known, also every training run's truncation check
-  (sweep.check_trial_lengths), so lengths that cut too much stop the study before its first
+  study's vocabulary known, also every training run's truncation check, a fuse stage's
+  contributors included (sweep.check_trial_lengths), so lengths that cut too much stop the study before its first
   run, not when a later stage starts. Warnings go to `out` (stderr)."""
   for stage in study.stages.values():
     try:

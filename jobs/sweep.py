@@ -380,10 +380,10 @@ def _check_baseline(spec: SweepSpec, path: Path) -> None:
 
 
 def trial_task_names() -> list[str]:
-  """The tasks the parsed gin config trains on: MIXTURE_OR_TASK_NAME, or a fusion's
-  CONTRIBUTOR_POOL."""
+  """The tasks the parsed gin config trains on: MIXTURE_OR_TASK_NAME, or a fusion's pool
+  (cold_fusion.pool, usually %CONTRIBUTOR_POOL)."""
   name = gin_config.macro_value("MIXTURE_OR_TASK_NAME", None)
-  pool = gin_config.macro_value("CONTRIBUTOR_POOL", None)
+  pool = gin_config.parameter_value("cold_fusion.pool", None)  # (check_trial_lengths's)
   names = [name] if isinstance(name, str) else []
   if isinstance(pool, (list, tuple)):
     names += [n for n in pool if isinstance(n, str) and n not in names]

@@ -191,7 +191,8 @@ def test_cpu_attention_benchmark_compares_the_two_paths_on_the_same_numbers():
   assert [(r[0], r[1]) for r in rows] == [
       ("float32", "recast CPU path"), ("float32", "generic path"),
       ("bfloat16", "recast CPU path"), ("bfloat16", "generic path")]
-  assert all(r[2] > 0 for r in rows) and rows[1][3] == pytest.approx(1.0)
   assert float(rows[0][4]) < 1e-5 and float(rows[0][5]) < 1e-4  # float32: the same numbers
-  assert float(rows[2][5]) < 0.1  # bf16: within bf16 rounding of each other
+  # bf16: two different programs (the CPU path's float32 dots round elsewhere), within bf16
+  # rounding of each other.
+  assert 0 < float(rows[2][5]) < 0.1
   assert network.jax.default_backend() == "cpu"  # the generic path's patch is undone

@@ -190,7 +190,8 @@ def dense(x: Array, w: Array) -> Array:
   step (benchmarks/, BENCHMARKS.md section 1), and the VJP boundary halves the feed-forward
   block's forward + backward time. Its weight gradient is accumulated and returned in w's
   dtype (float32), where autodiff of the cast would round it to bf16 first. Other backends
-  use plain autodiff.
+  use plain autodiff (with bf16 activations their weight gradients are rounded to bf16
+  before the cast's transpose makes them float32).
   """
   if jax.default_backend() == "cpu":
     return _matmul_with_plain_vjp(x, w)
@@ -378,9 +379,15 @@ def _cpu_attention(has_bias: bool, keep_prob: Optional[float]):
       dweights = jnp.where(keep, dweights / keep_prob, 0.0)
     weights = drop(probs.astype(query.dtype), keep)
     dvalue = jnp.einsum("bhqk,bqhd->bkhd", weights, grad, preferred_element_type=f32)
-    # softmax's sum_k p_k dL/dp_k is sum_d grad * out (FlashAttention's D): a reduction over
-    # d_kv of [b, q, heads, d_kv], not over the keys of [b, heads, q, k].
-    rowsum = jnp.sum(grad.astype(f32) * out, axis=-1).transpose(0, 2, 1)[..., None]
+    if query.dtype == f32:
+      # softmax's sum_k p_k dL/dp_k is sum_d grad * out (FlashAttention's D): a reduction
+      # over d_kv of [b, q, heads, d_kv], not over the keys of [b, heads, q, k]. Not in
+      # bf16: there `out` is made of bf16-rounded weights, so each row of dlogits would sum
+      # to a bf16 rounding error instead of zero, and a tiny model trained so no longer
+      # learned its task (tests/trainer/test_train.py: 83% where it reaches 100%).
+      rowsum = jnp.sum(grad.astype(f32) * out, axis=-1).transpose(0, 2, 1)[..., None]
+    else:
+      rowsum = jnp.sum(dweights * probs, axis=-1, keepdims=True)
     dlogits = probs * (dweights - rowsum)
     dlogits_c = dlogits.astype(query.dtype)
     dquery = jnp.einsum("bhqk,bkhd->bqhd", dlogits_c, key, preferred_element_type=f32)
@@ -411,7 +418,8 @@ class Attention(nn.Module):
   "pallas" runs `trainer.attention_kernel` (Pallas flash attention that adds the bias from
   the table and sums its gradient per bucket in the kernel) where the position bias comes as
   a `TablePositionBias` (self-attention, not decoding), and chooses as "auto" elsewhere.
-  Decoding steps (the cache, or one query position) always use XLA.
+  Decoding steps (the cache, or one query position) always use XLA. On XLA:CPU, "xla" (and
+  "auto") run the same einsums through `_cpu_attention`'s hand-written VJP.
   """
 
   config: T5Config

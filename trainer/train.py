@@ -364,6 +364,11 @@ def train(*, model_dir: str = gin.REQUIRED, mixture_or_task_name: str = gin.REQU
       metrics_writer.drop_rows_after(model_dir, -1 if resume_step is None else resume_step)
     if resume_step is not None:
       log(f"resuming from {model_dir}/{checkpoints.STEP_PREFIX}_{resume_step}")
+      trained_dtype = (resume_meta.get("model") or {}).get("dtype")
+      if trained_dtype and trained_dtype != config.dtype:  # e.g. 'auto' on another machine
+        log(f"note: steps up to {resume_step} ran with {trained_dtype} activations, these "
+            f"run with {config.dtype} (ACTIVATION_DTYPE); --gin.ACTIVATION_DTYPE="
+            f"\"'{trained_dtype}'\" keeps {trained_dtype}")
     else:
       state = train_state_lib.create_train_state(config, optimizer, init_rng, partitioner,
                                                  params=initial_params)

@@ -324,7 +324,7 @@ def test_auto_activation_dtype_is_bf16_where_the_hardware_has_bf16_units():
     network.T5Config(dtype="bf16")
 
 
-def _projected_loss_and_grads(cfg, params, batch, *, generic: bool, monkeypatch):
+def _projected_loss_and_grads(cfg, params, batch, segments, *, generic: bool, monkeypatch):
   """The loss of a random projection of the logits and its gradient for every parameter:
   through XLA:CPU's hand-written VJPs (the CPU attention, `dense`), or, `generic`, through
   the path other backends take (einsums and plain autodiff), run here on the CPU."""
@@ -332,23 +332,28 @@ def _projected_loss_and_grads(cfg, params, batch, *, generic: bool, monkeypatch)
   projection = jax.random.normal(jax.random.PRNGKey(7), (cfg.vocab_size,))
 
   def loss(p):
-    logits = model.apply({"params": p}, *batch, enable_dropout=cfg.dropout_rate > 0,
+    logits = model.apply({"params": p}, *batch, **segments,
+                         enable_dropout=cfg.dropout_rate > 0,
                          rngs={"dropout": jax.random.PRNGKey(3)})
     return jnp.sum(jnp.tanh(logits) * projection)
 
   with monkeypatch.context() as patch:
     if generic:
       patch.setattr(network.jax, "default_backend", lambda: "gpu")
+    jaxpr = str(jax.make_jaxpr(loss)(params))
+    # Which path ran: the CPU one is custom VJPs (attention and dense), the generic none.
+    assert ("custom_vjp_call" in jaxpr) == (not generic)
     return jax.value_and_grad(loss)(params)
 
 
-@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
+@pytest.mark.parametrize("dropout_rate,packed", [(0.0, False), (0.3, False), (0.0, True)])
 def test_cpu_attention_gives_the_einsum_paths_loss_and_every_gradient(monkeypatch,
-                                                                      dropout_rate):
+                                                                      dropout_rate, packed):
   """float32: the CPU attention (its softmax gradient written out, the position-bias
   gradient a dot with ones, nn.Dropout's own mask) and the weight gradients left in float32
-  give the generic path's loss and gradients within float32 rounding, with padding and
-  dropout; bf16 activations keep the float32 results closer than the generic path does."""
+  give the generic path's loss and gradients within float32 rounding, with padding, with
+  dropout 0.3, with packed rows; with bf16 activations its gradients are about as close to
+  the float32 ones as the generic path's."""
   if jax.default_backend() != "cpu":
     pytest.skip("the hand-written VJPs are XLA:CPU's")
   cfg = TINY.replace(dropout_rate=dropout_rate, attention_implementation="xla")
@@ -357,10 +362,17 @@ def test_cpu_attention_gives_the_einsum_paths_loss_and_every_gradient(monkeypatc
   enc = jnp.asarray(rs.randint(2, 64, (3, 11)) * (np.arange(11) < [[11], [7], [4]]))
   dec_targets = jnp.asarray(rs.randint(2, 64, (3, 6)) * (np.arange(6) < [[6], [3], [5]]))
   dec_inputs = jnp.concatenate([jnp.zeros((3, 1), dec_targets.dtype), dec_targets[:, :-1]], 1)
+  segments = {}
+  if packed:  # row 0 holds two examples: 6 + 5 inputs, 4 + 2 targets
+    segments = dict(
+        encoder_segment_ids=jnp.asarray(np.where(enc > 0, 1, 0)).at[0, 6:].set(2),
+        decoder_segment_ids=jnp.asarray(np.where(dec_targets > 0, 1, 0)).at[0, 4:].set(2))
+    dec_inputs = dec_inputs.at[0, 4].set(0)  # the second example's BOS
   batch = (enc, dec_inputs, dec_targets)
-  loss, grads = _projected_loss_and_grads(cfg, params, batch, generic=False, monkeypatch=monkeypatch)
-  ref_loss, ref_grads = _projected_loss_and_grads(cfg, params, batch, generic=True,
-                                        monkeypatch=monkeypatch)
+  run = functools.partial(_projected_loss_and_grads, batch=batch, segments=segments,
+                          monkeypatch=monkeypatch)
+  loss, grads = run(cfg, params, generic=False)
+  ref_loss, ref_grads = run(cfg, params, generic=True)
   np.testing.assert_allclose(loss, ref_loss, rtol=2e-6)
   flat, ref_flat = (jax.tree_util.tree_leaves_with_path(g) for g in (grads, ref_grads))
   for (path, g), (_, r) in zip(flat, ref_flat):
@@ -373,7 +385,7 @@ def test_cpu_attention_gives_the_einsum_paths_loss_and_every_gradient(monkeypatc
   bf16 = cfg.replace(dtype="bfloat16")
   errors = {}
   for generic in (False, True):
-    _, g16 = _projected_loss_and_grads(bf16, params, batch, generic=generic, monkeypatch=monkeypatch)
+    _, g16 = run(bf16, params, generic=generic)
     errors[generic] = [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
                        for a, b in zip(jax.tree_util.tree_leaves(g16),
                                        jax.tree_util.tree_leaves(ref_grads))]

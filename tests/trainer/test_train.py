@@ -304,6 +304,24 @@ def test_a_run_shorter_than_eval_period_is_evaluated_at_its_end(toy_task, tmp_pa
   assert "eval step 2 " in out.getvalue()
 
 
+def test_a_resume_in_another_activation_dtype_says_so(toy_task, tmp_path):
+  """ACTIVATION_DTYPE='auto' resolves per machine: a run resumed where it resolves
+  otherwise (here: set by hand) continues, and the console says which steps ran in which."""
+  import contextlib
+  import io
+  from recast import cli
+  flags = lambda steps, dtype: toy_run_flags(tmp_path / "run", steps=steps, extra=[
+      f"--gin.ACTIVATION_DTYPE='{dtype}'"])
+  with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    assert cli.main(flags(2, "float32")) == 0
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    assert cli.main(flags(4, "bfloat16")) == 0
+  assert ("note: steps up to 2 ran with float32 activations, these run with bfloat16 "
+          "(ACTIVATION_DTYPE); --gin.ACTIVATION_DTYPE=\"'float32'\" keeps float32"
+          in out.getvalue())
+
+
 def _snapshot(folder):
   return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
           for p in Path(folder).rglob("*")}
