@@ -21,8 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from recast import errors
+
 Array = jax.Array
 _NEG_INF = -1e10
+
+
+class ConfigError(errors.UserError):
+  """A T5Config (or attention choice) that can't be built or run; names the fix."""
 
 FEED_FORWARDS = ("gated-gelu", "relu")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
@@ -98,18 +104,18 @@ class T5Config:
 
   def __post_init__(self):
     if self.vocab_size is not None and self.vocab_size <= 0:
-      raise ValueError(f"T5Config.vocab_size must be positive, got {self.vocab_size}")
+      raise ConfigError(f"T5Config.vocab_size must be positive, got {self.vocab_size}")
     if self.feed_forward not in FEED_FORWARDS:
-      raise ValueError(
+      raise ConfigError(
           f"T5Config.feed_forward={self.feed_forward!r} is not supported; use one of "
           f"{', '.join(FEED_FORWARDS)}")
     if self.dtype == "auto":
       object.__setattr__(self, "dtype", preferred_activation_dtype())
     if self.dtype not in ("float32", "bfloat16", "float16"):
-      raise ValueError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16, float16 or "
-                       "auto")
+      raise ConfigError(f"T5Config.dtype={self.dtype!r}: use float32, bfloat16, float16 or "
+                        "auto (ACTIVATION_DTYPE in the run files)")
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(
+      raise ConfigError(
           f"T5Config.attention_implementation={self.attention_implementation!r} is not "
           f"supported; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
 
@@ -123,7 +129,7 @@ class T5Config:
     if self.vocab_size is None:
       return self.replace(vocab_size=-(-vocabulary_size // 128) * 128)
     if self.vocab_size < vocabulary_size:
-      raise ValueError(
+      raise ConfigError(
           f"T5Config.vocab_size={self.vocab_size} is smaller than the vocabulary "
           f"({vocabulary_size} ids); leave it unset to follow the vocabulary")
     return self
@@ -438,7 +444,7 @@ class Attention(nn.Module):
       return "xla"  # decoding steps (one query position) gain nothing from a flash kernel
     if cfg.attention_implementation == "pallas" and table_bias:
       if dropout:
-        raise ValueError(
+        raise ConfigError(
             "T5Config.attention_implementation='pallas' has no attention dropout "
             f"(T5Config.dropout_rate={cfg.dropout_rate} and dropout is on): set "
             "dropout_rate=0.0 or use 'xla'")
@@ -448,8 +454,8 @@ class Attention(nn.Module):
     if problem is None:
       return "cudnn"
     if cfg.attention_implementation == "cudnn":  # ("pallas" falls back as "auto" does)
-      raise ValueError(f"T5Config.attention_implementation='cudnn' can't run here: {problem}; "
-                       "'auto' falls back to XLA where cuDNN can't run")
+      raise ConfigError(f"T5Config.attention_implementation='cudnn' can't run here: {problem}; "
+                        "'auto' falls back to XLA where cuDNN can't run")
     return "xla"
 
   @nn.compact
@@ -827,7 +833,7 @@ def init_params(config: T5Config, rng: Array, *, batch: int = 1, input_length: i
     called eagerly, and with `grouped=False`, this is flax's own `model.init`.
   """
   if config.vocab_size is None:
-    raise ValueError("T5Config.vocab_size is unset: call config.with_vocab_size(vocab size)")
+    raise ConfigError("T5Config.vocab_size is unset: call config.with_vocab_size(vocab size)")
   model = Transformer(config)
   enc = jnp.ones((batch, input_length), jnp.int32)
   dec = jnp.ones((batch, target_length), jnp.int32)

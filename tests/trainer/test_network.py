@@ -143,6 +143,24 @@ def test_config_errors_name_the_fix():
   assert network.T5Config().with_vocab_size(32100).vocab_size == 32128
   with pytest.raises(ValueError, match="smaller than the vocabulary"):
     network.T5Config(vocab_size=100).with_vocab_size(32100)
+  # User errors (the `recast` commands print them as one line, exit 2, write nothing).
+  with pytest.raises(network.errors.UserError, match=r"T5Config.dtype='bf16': use float32, "
+                     r"bfloat16, float16 or auto \(ACTIVATION_DTYPE in the run files\)"):
+    network.T5Config(dtype="bf16")
+
+
+def test_a_misspelt_activation_dtype_is_one_line_and_writes_nothing(tmp_path, capsys):
+  from recast import cli
+  model_dir = tmp_path / "run"
+  code = cli.main(["train", "--gin_file=models/t5_1_1/tiny.gin",
+                   "--gin_file=runs/finetune.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                   "--gin.MIXTURE_OR_TASK_NAME='glue_sst2'",
+                   "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}",
+                   "--gin.TRAIN_STEPS=1", "--gin.ACTIVATION_DTYPE='bf16'"])
+  err = capsys.readouterr().err
+  assert code == 2 and "Traceback" not in err
+  assert "recast train: error: T5Config.dtype='bf16': use float32, bfloat16" in err
+  assert not model_dir.exists()
 
 
 @pytest.fixture
