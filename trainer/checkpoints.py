@@ -344,25 +344,14 @@ class _DropOrbaxErrors(logging.Filter):
 _ORBAX_ERRORS = _DropOrbaxErrors()
 
 
-def _closed_loop_race(error: Optional[BaseException]) -> bool:
-  """asyncio's "Event loop is closed" raised in `call_soon_threadsafe`: a read completing
-  (in a native thread) into the event loop a failed restore has closed; reported through
-  the unraisable hook, as a bare traceback."""
-  if not isinstance(error, RuntimeError) or "Event loop is closed" not in str(error):
-    return False
-  return any(f.name == "call_soon_threadsafe" and f.filename.endswith("base_events.py")
-             for f in traceback.extract_tb(error.__traceback__))
-
-
 def _unraisable_hook_without_orbax(hook):
   """`sys.unraisablehook` that passes over orbax's read coroutines closed while raising (a
-  failed restore's sibling reads, "Exception ignored in: <coroutine ...>") and the reads
-  completing into its closed event loop (`_closed_loop_race`), and hands on the rest."""
+  failed restore's sibling reads, "Exception ignored in: <coroutine ...>") and hands on
+  the rest."""
 
   def hook_without_orbax(unraisable):
     code = getattr(unraisable.object, "cr_code", None)
-    if not (_from_orbax_reads(unraisable.exc_value, getattr(code, "co_filename", ""))
-            or _closed_loop_race(unraisable.exc_value)):
+    if not _from_orbax_reads(unraisable.exc_value, getattr(code, "co_filename", "")):
       hook(unraisable)
 
   hook_without_orbax.passes_over_orbax = True
