@@ -381,8 +381,7 @@ def _cpu_attention(has_bias: bool, keep_prob: Optional[float]):
   def backward(residuals, grad):
     query, key, value, probs, keep, out = residuals
     dweights = jnp.einsum("bqhd,bkhd->bhqk", grad, value, preferred_element_type=f32)
-    if keep_prob is not None:
-      dweights = jnp.where(keep, dweights / keep_prob, 0.0)
+    dweights = drop(dweights, keep)  # (dropout's transpose is dropout)
     weights = drop(probs.astype(query.dtype), keep)
     dvalue = jnp.einsum("bhqk,bqhd->bkhd", weights, grad, preferred_element_type=f32)
     if query.dtype == f32:
@@ -533,7 +532,6 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, enable_dropout: bool = False) -> Array:
     cfg = self.config
-    dtype = cfg.activation_dtype
     d = x.shape[-1]
     wi_init = nn.initializers.normal(d ** -0.5)
     if cfg.feed_forward == "gated-gelu":
