@@ -557,11 +557,15 @@ def test_study_runs_its_stages_in_order_and_a_second_start_reruns_nothing(study_
   assert f"initialised from {fusion_dir}" in log
   # Runs start as soon as they can, not stage after stage, the runs others wait on first:
   # the fusion (it names no run; `recycled` needs it) started before any run of `second`, a
-  # stage listed before it that needs `first`.
+  # stage listed before it that needs `first`, had finished. (Not "before any started": when
+  # both runs of `first` end together, the fusion and a run of `second` are handed out in
+  # the same instant and their processes race to write the start time.)
   def started(model_dir):
     return json.loads(Path(model_dir, sweep.ATTEMPTS_FILE).read_text().splitlines()[0])[
         "started"]
-  assert started(fusion_dir) < min(started(study_run["dir"] / "second/runs" / s)
+  def finished(model_dir):
+    return json.loads(Path(model_dir, sweep.DONE_FILE).read_text())["finished"]
+  assert started(fusion_dir) < min(finished(study_run["dir"] / "second/runs" / s)
                                    for s in seeds)
 
 
