@@ -344,14 +344,29 @@ class _DropOrbaxErrors(logging.Filter):
 _ORBAX_ERRORS = _DropOrbaxErrors()
 
 
+def _read_into_closed_loop(unraisable) -> bool:
+  """asyncio's "Event loop is closed" from `call_soon_threadsafe`, raised in no Python
+  caller (`object` None): a tensorstore read completing, in its own thread, into the event
+  loop a failed restore has closed. Reported through the unraisable hook as a bare
+  traceback, during the restore or after it."""
+  error = unraisable.exc_value
+  if (unraisable.object is not None or not isinstance(error, RuntimeError)
+      or "Event loop is closed" not in str(error)):
+    return False
+  return any(f.name == "call_soon_threadsafe" and f.filename.endswith(
+      os.path.join("asyncio", "base_events.py"))
+             for f in traceback.extract_tb(error.__traceback__))
+
+
 def _unraisable_hook_without_orbax(hook):
   """`sys.unraisablehook` that passes over orbax's read coroutines closed while raising (a
-  failed restore's sibling reads, "Exception ignored in: <coroutine ...>") and hands on
-  the rest."""
+  failed restore's sibling reads, "Exception ignored in: <coroutine ...>") and reads
+  completing into its closed event loop (`_read_into_closed_loop`), and hands on the rest."""
 
   def hook_without_orbax(unraisable):
     code = getattr(unraisable.object, "cr_code", None)
-    if not _from_orbax_reads(unraisable.exc_value, getattr(code, "co_filename", "")):
+    if not (_from_orbax_reads(unraisable.exc_value, getattr(code, "co_filename", ""))
+            or _read_into_closed_loop(unraisable)):
       hook(unraisable)
 
   hook_without_orbax.passes_over_orbax = True
@@ -362,17 +377,18 @@ def _unraisable_hook_without_orbax(hook):
 def _orbax_errors_left_to_the_caller():
   """While restoring: orbax's own ERROR logs (with tracebacks, from its worker threads) are
   dropped; the error itself still raises, and a damaged checkpoint is then reported in one
-  line (`set_aside`). Once a restore has failed, its read tasks are reported when they are
-  collected, at no fixed time: from then on the process drops asyncio's and the unraisable
-  hook's reports of orbax's read coroutines (nothing else)."""
+  line (`set_aside`). A failed restore's sibling reads are reported at no fixed time: when
+  they complete into its closed event loop (while it is still raising, or later) and when
+  their tasks are collected. So from the first restore on, the process drops asyncio's and
+  the unraisable hook's reports of orbax's reads (nothing else)."""
+  logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS)  # a set: added once
+  if not getattr(sys.unraisablehook, "passes_over_orbax", False):
+    sys.unraisablehook = _unraisable_hook_without_orbax(sys.unraisablehook)
   absl_logger = logging.getLogger("absl")
   absl_logger.addFilter(_ORBAX_ERRORS)
   try:
     yield
   except BaseException:
-    logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS)  # a set: added once
-    if not getattr(sys.unraisablehook, "passes_over_orbax", False):
-      sys.unraisablehook = _unraisable_hook_without_orbax(sys.unraisablehook)
     gc.collect()  # collects the failed restore's tasks now, while absl's filter is on
     raise
   finally:
