@@ -791,6 +791,10 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
     space = {"search_alg": ready_first_searcher(keys, waits, lambda k: done[k].is_file(),
                                                 groups),
              "num_samples": len(keys)}
+    # Without a concurrency limit Tune keeps one trial of a searcher pending at a time: a run
+    # waiting for a GPU would hold back the CPU runs behind it while their CPUs sit idle.
+    if max_concurrent_trials is None:
+      max_concurrent_trials = len(keys)
   else:
     space = {}
   tuner = tune.Tuner(

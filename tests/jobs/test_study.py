@@ -606,6 +606,31 @@ def test_study_report_equals_the_numbers_recomputed_from_metrics(study_run):
   assert (folder / f"report/curves_{TASK}.png").exists()
 
 
+@pytest.mark.slow  # many processes: `make test-slow`
+def test_a_run_waiting_for_gpus_holds_back_no_cpu_run(ray_session, toy_task_file, tmp_path):
+  """No max_concurrent_trials: while a run of `first` has both (fake) GPUs and the other
+  waits for them, the CPU-only run of a later stage starts on the free CPU (Tune kept one
+  trial of a searcher pending at a time, so it waited for the GPU run to end)."""
+  text = _spec_text(tmp_path, toy_task_file).replace("max_concurrent_trials: 2\n", "")
+  text = text.replace("  first:\n", "  first:\n    resources_per_trial: {gpu: 2, cpu: 1}\n", 1)
+  text = text.replace("arms:\n", "  cpu_only:\n"
+                      "    gin_files: [models/t5_1_1/tiny.gin, runs/finetune.gin]\n"
+                      "    grid: {SEED: [0]}\n"
+                      "arms:\n", 1)
+  assert "max_concurrent_trials" not in text and "cpu_only:" in text and "gpu: 2" in text
+  outcome = study.run_study(_write(tmp_path, text), verbose=0)
+  assert outcome.failed == {}
+  runs = tmp_path / "studies/toy"
+  start = {d.parent.parent.name + "/" + d.name: json.loads(
+      (d / sweep.ATTEMPTS_FILE).read_text().splitlines()[0]) for d in runs.glob("*/runs/*")}
+  assert sorted(start) == ["cpu_only/000_SEED=0", "first/000_SEED=0", "first/001_SEED=1",
+                           "second/000_SEED=0", "second/001_SEED=1"]
+  assert [len(start[f"first/{s}"]["gpu_ids"]) for s in ("000_SEED=0", "001_SEED=1")] == [2, 2]
+  first_done = min(json.loads((runs / "first/runs" / s / sweep.DONE_FILE).read_text())[
+      "finished"] for s in ("000_SEED=0", "001_SEED=1"))
+  assert start["cpu_only/000_SEED=0"]["started"] < first_done
+
+
 # ------------------------------------------------------------------------------------------
 # The vocabulary and the warmup
 
