@@ -32,11 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16")
 
 
-def _command(dtype: str, model_dir: Path, args: argparse.Namespace) -> list[str]:
+def train_command(dtype: str, model_dir: Path, args: argparse.Namespace) -> list[str]:
+  """`recast train` of `args` (model, task, steps, lengths, data) in activation `dtype`."""
   values = {
       "MODEL_DIR": repr(str(model_dir)), "MIXTURE_OR_TASK_NAME": repr(args.task),
       "TASK_FEATURE_LENGTHS": repr({"inputs": args.inputs, "targets": args.targets}),
-      "TRAIN_STEPS": args.steps, "BATCH_SIZE": args.batch_size, "EVAL_PERIOD": args.steps,
+      "TRAIN_STEPS": args.steps, "BATCH_SIZE": args.batch_size,
+      "EVAL_PERIOD": getattr(args, "eval_period", args.steps),
       "CHECKPOINT_PERIOD": args.steps, "DATA_DIR": repr(str(args.data_dir)),
       "VOCABULARY": repr(args.vocabulary), "ACTIVATION_DTYPE": repr(dtype),
       "train.stats_period": args.stats_period}
@@ -59,7 +61,7 @@ def bf16_training(args: argparse.Namespace) -> dict:
       log = open(Path(tmp) / f"{dtype}.log", "w")
       pin = ({cores[i % len(cores)]},) if len(cores) >= 2 else None
       procs[dtype] = (subprocess.Popen(
-          _command(dtype, model_dir, args), cwd=REPO, env=env, stdout=log,
+          train_command(dtype, model_dir, args), cwd=REPO, env=env, stdout=log,
           stderr=subprocess.STDOUT,
           preexec_fn=(lambda p=pin: os.sched_setaffinity(0, p[0])) if pin else None),
           model_dir, log, time.perf_counter())

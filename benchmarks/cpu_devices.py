@@ -1,0 +1,105 @@
+"""`recast train` on a CPU over one JAX device (the default) against data parallelism over
+one device per core (JAX_NUM_CPU_DEVICES=<cores>; BATCH_SIZE must split over them). The
+same run, from nothing, alternately on each side, each process alone on the machine; prints
+the training loop's steps/s of each and their ratio.
+
+  python -m benchmarks.cpu_devices                                 # compact L2_H256, SST-2
+  python -m benchmarks.cpu_devices --model=models/compact/L4_H256.gin --inputs=512 \\
+      --targets=114 --batch_size=8 --steps=20
+
+Needs ../shared/data (or --data_dir). float32 by default (--dtype), the same seed and data
+order on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from benchmarks.bf16_training import REPO, train_command
+from benchmarks.cpu_bf16 import cpu_description
+from benchmarks.tables import table
+
+def sides() -> dict[str, dict[str, str]]:
+  cores = len(os.sched_getaffinity(0))
+  return {"one_device": {"JAX_NUM_CPU_DEVICES": "1"},
+          "per_core": {"JAX_NUM_CPU_DEVICES": str(cores)}}
+
+
+def cpu_devices(args: argparse.Namespace) -> dict:
+  out = {"cpu": cpu_description(), "model": args.model, "task": args.task,
+         "steps": args.steps, "batch_size": args.batch_size, "dtype": args.dtype,
+         "lengths": {"inputs": args.inputs, "targets": args.targets},
+         "runs": {side: [] for side in sides()}}
+  base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  with tempfile.TemporaryDirectory(prefix="recast-cpu-devices-") as tmp:
+    for repetition in range(args.repetitions):
+      for side, env in sides().items():
+        model_dir = Path(tmp) / f"{side}_{repetition}"
+        done = subprocess.run(train_command(args.dtype, model_dir, args), cwd=REPO,
+                              env={**base, "RECAST_NO_OUTPUT_CACHE": "1", **env},
+                              capture_output=True, text=True)
+        text = done.stdout + done.stderr
+        if done.returncode != 0:
+          raise SystemExit(f"the {side} run failed ({done.returncode}):\n{text[-3000:]}")
+        rate = re.search(r"done: .*?([0-9.]+) steps/s", text)
+        devices = re.search(r"(\d+) cpu device\(s\)", text)
+        out["runs"][side].append({"steps_per_s": float(rate.group(1)),
+                                  "devices": int(devices.group(1))})
+        print(f"  {side} run {repetition + 1}: {out['runs'][side][-1]}", flush=True)
+  return out
+
+
+def print_cpu_devices(result: dict) -> None:
+  cpu = result["cpu"]
+  print(f"\n`recast train` on {cpu.get('model') or 'this CPU'} ({cpu.get('cores')} cores): "
+        f"{result['model']}, {result['task']}, batch {result['batch_size']} x "
+        f"{result['lengths']['inputs']}/{result['lengths']['targets']}, {result['steps']} "
+        f"steps, {result['dtype']}")
+  medians = {side: statistics.median(r["steps_per_s"] for r in runs)
+             for side, runs in result["runs"].items()}
+  print(table(["side", "CPU devices", "steps/s (median)", "each run"],
+              [[side, runs[0]["devices"], medians[side],
+                " ".join(f"{r['steps_per_s']:.2f}" for r in runs)]
+               for side, runs in result["runs"].items()]))
+  print(f"per_core / one_device steps/s: {medians['per_core'] / medians['one_device']:.2f}x")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_devices",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="models/compact/L2_H256.gin")
+  parser.add_argument("--task", default="glue_sst2")
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--inputs", type=int, default=64)
+  parser.add_argument("--targets", type=int, default=8)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--repetitions", type=int, default=2)
+  parser.add_argument("--stats_period", type=int, default=100)
+  parser.add_argument("--eval_period", type=int, default=0,
+                      help="EVAL_PERIOD (default 0: the training loop alone)")
+  parser.add_argument("--vocabulary", default="auto")
+  parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
+  parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+  args = parser.parse_args(argv)
+  if not (args.data_dir / "glue").is_dir():
+    parser.error(f"no data at {args.data_dir}: pass --data_dir (../shared/data layout)")
+  result = cpu_devices(args)
+  print_cpu_devices(result)
+  if args.json:
+    args.json.write_text(json.dumps(result, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
