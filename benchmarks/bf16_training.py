@@ -107,29 +107,36 @@ def print_bf16_training(result: dict) -> None:
     print(f"bfloat16 / float32 steps/s: {ratio:.2f}x")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.bf16_training",
-                                   description=__doc__,
+def run_main(argv: Optional[Sequence[str]], *, prog: str, doc: str, steps: int,
+             stats_period: int, measure, show, extra=lambda parser: None) -> int:
+  """The command line of a benchmark that trains one `recast train` run (`train_command`'s
+  arguments; `extra` adds its own), then `show(measure(args))`, and --json."""
+  parser = argparse.ArgumentParser(prog=prog, description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="models/compact/L2_H256.gin")
   parser.add_argument("--task", default="glue_sst2")
-  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--steps", type=int, default=steps)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--inputs", type=int, default=64)
   parser.add_argument("--targets", type=int, default=8)
-  parser.add_argument("--stats_period", type=int, default=20)
+  parser.add_argument("--stats_period", type=int, default=stats_period)
   parser.add_argument("--vocabulary", default="auto")
   parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
   parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+  extra(parser)
   args = parser.parse_args(argv)
   if not (args.data_dir / "glue").is_dir():
     parser.error(f"no data at {args.data_dir}: pass --data_dir (../shared/data layout)")
-  result = bf16_training(args)
-  print_bf16_training(result)
+  result = measure(args)
+  show(result)
   if args.json:
     args.json.write_text(json.dumps(result, indent=1))
   return 0
 
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  return run_main(argv, prog="python -m benchmarks.bf16_training", doc=__doc__, steps=200,
+                  stats_period=20, measure=bf16_training, show=print_bf16_training)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -14,7 +14,6 @@ order on both sides.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -24,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from benchmarks.bf16_training import REPO, train_command
+from benchmarks.bf16_training import REPO, run_main, train_command
 from benchmarks.cpu_bf16 import cpu_description
 from benchmarks.tables import table
 
@@ -74,32 +73,13 @@ def print_cpu_devices(result: dict) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_devices",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="models/compact/L2_H256.gin")
-  parser.add_argument("--task", default="glue_sst2")
-  parser.add_argument("--steps", type=int, default=100)
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--inputs", type=int, default=64)
-  parser.add_argument("--targets", type=int, default=8)
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--repetitions", type=int, default=2)
-  parser.add_argument("--stats_period", type=int, default=100)
-  parser.add_argument("--eval_period", type=int, default=0,
-                      help="EVAL_PERIOD (default 0: the training loop alone)")
-  parser.add_argument("--vocabulary", default="auto")
-  parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
-  parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-  args = parser.parse_args(argv)
-  if not (args.data_dir / "glue").is_dir():
-    parser.error(f"no data at {args.data_dir}: pass --data_dir (../shared/data layout)")
-  result = cpu_devices(args)
-  print_cpu_devices(result)
-  if args.json:
-    args.json.write_text(json.dumps(result, indent=1))
-  return 0
-
+  def extra(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repetitions", type=int, default=2)
+    parser.add_argument("--eval_period", type=int, default=0,
+                        help="EVAL_PERIOD (default 0: the training loop alone)")
+  return run_main(argv, prog="python -m benchmarks.cpu_devices", doc=__doc__, steps=100,
+                  stats_period=100, measure=cpu_devices, show=print_cpu_devices, extra=extra)
 
 if __name__ == "__main__":
   sys.exit(main())
