@@ -32,13 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16")
 
 
-def train_command(dtype: str, model_dir: Path, args: argparse.Namespace) -> list[str]:
-  """`recast train` of `args` (model, task, steps, lengths, data) in activation `dtype`."""
+def train_command(dtype: str, model_dir: Path, args: argparse.Namespace, *,
+                  eval_period: Optional[int] = None) -> list[str]:
+  """`recast train` of `args` (model, task, steps, lengths, data) in activation `dtype`,
+  evaluated every `eval_period` steps (default: at the end; 0: never)."""
   values = {
       "MODEL_DIR": repr(str(model_dir)), "MIXTURE_OR_TASK_NAME": repr(args.task),
       "TASK_FEATURE_LENGTHS": repr({"inputs": args.inputs, "targets": args.targets}),
       "TRAIN_STEPS": args.steps, "BATCH_SIZE": args.batch_size,
-      "EVAL_PERIOD": getattr(args, "eval_period", args.steps),
+      "EVAL_PERIOD": args.steps if eval_period is None else eval_period,
       "CHECKPOINT_PERIOD": args.steps, "DATA_DIR": repr(str(args.data_dir)),
       "VOCABULARY": repr(args.vocabulary), "ACTIVATION_DTYPE": repr(dtype),
       "train.stats_period": args.stats_period}
@@ -137,6 +139,7 @@ def run_main(argv: Optional[Sequence[str]], *, prog: str, doc: str, steps: int,
 def main(argv: Optional[Sequence[str]] = None) -> int:
   return run_main(argv, prog="python -m benchmarks.bf16_training", doc=__doc__, steps=200,
                   stats_period=20, measure=bf16_training, show=print_bf16_training)
+
 
 if __name__ == "__main__":
   sys.exit(main())

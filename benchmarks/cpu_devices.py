@@ -27,32 +27,40 @@ from benchmarks.bf16_training import REPO, run_main, train_command
 from benchmarks.cpu_bf16 import cpu_description
 from benchmarks.tables import table
 
-def sides() -> dict[str, dict[str, str]]:
-  cores = len(os.sched_getaffinity(0))
-  return {"one_device": {"JAX_NUM_CPU_DEVICES": "1"},
-          "per_core": {"JAX_NUM_CPU_DEVICES": str(cores)}}
+
+def _last(pattern: str, text: str, side: str) -> str:
+  found = re.findall(pattern, text)
+  if not found:
+    raise SystemExit(f"the {side} run's output has no {pattern!r}:\n{text[-3000:]}")
+  return found[-1]
 
 
 def cpu_devices(args: argparse.Namespace) -> dict:
+  cores = len(os.sched_getaffinity(0))
+  if args.batch_size % cores:
+    raise SystemExit(f"--batch_size={args.batch_size} does not split over this machine's "
+                     f"{cores} cores; pass a multiple of {cores}")
+  sides = {"one_device": {"JAX_NUM_CPU_DEVICES": "1"},
+           "per_core": {"JAX_NUM_CPU_DEVICES": str(cores)}}
   out = {"cpu": cpu_description(), "model": args.model, "task": args.task,
          "steps": args.steps, "batch_size": args.batch_size, "dtype": args.dtype,
          "lengths": {"inputs": args.inputs, "targets": args.targets},
-         "runs": {side: [] for side in sides()}}
+         "runs": {side: [] for side in sides}}
   base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   with tempfile.TemporaryDirectory(prefix="recast-cpu-devices-") as tmp:
     for repetition in range(args.repetitions):
-      for side, env in sides().items():
+      for side, env in sides.items():
         model_dir = Path(tmp) / f"{side}_{repetition}"
-        done = subprocess.run(train_command(args.dtype, model_dir, args), cwd=REPO,
+        done = subprocess.run(train_command(args.dtype, model_dir, args,
+                                            eval_period=args.eval_period), cwd=REPO,
                               env={**base, "RECAST_NO_OUTPUT_CACHE": "1", **env},
                               capture_output=True, text=True)
         text = done.stdout + done.stderr
         if done.returncode != 0:
           raise SystemExit(f"the {side} run failed ({done.returncode}):\n{text[-3000:]}")
-        rate = re.search(r"done: .*?([0-9.]+) steps/s", text)
-        devices = re.search(r"(\d+) cpu device\(s\)", text)
-        out["runs"][side].append({"steps_per_s": float(rate.group(1)),
-                                  "devices": int(devices.group(1))})
+        out["runs"][side].append({
+            "steps_per_s": float(_last(r"done: .*?([0-9.]+) steps/s", text, side)),
+            "devices": int(_last(r"(\d+) cpu device\(s\)", text, side))})
         print(f"  {side} run {repetition + 1}: {out['runs'][side][-1]}", flush=True)
   return out
 
@@ -80,6 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="EVAL_PERIOD (default 0: the training loop alone)")
   return run_main(argv, prog="python -m benchmarks.cpu_devices", doc=__doc__, steps=100,
                   stats_period=100, measure=cpu_devices, show=print_cpu_devices, extra=extra)
+
 
 if __name__ == "__main__":
   sys.exit(main())
