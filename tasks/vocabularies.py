@@ -271,7 +271,11 @@ def training_text(provider: seqio.DatasetProviderBase, split: str = "train"
   return lines, labels
 
 
-_auto_models: dict[tuple, seqio.Vocabulary] = {}
+# (task or mixture name, split, data dirs, cache dir) -> (the task or mixture and its subtasks
+# as they were registered, the vocabulary). An entry serves only the same provider objects: a
+# task registered again (new text) is a new object and gets its own model. (Keyed by id(), a
+# new object could be handed a freed one's id and its model.)
+_auto_models: dict[tuple, tuple[tuple, seqio.Vocabulary]] = {}
 _building: list[str] = []
 
 
@@ -292,16 +296,19 @@ def auto_vocabulary(split: str = "train") -> seqio.Vocabulary:
   except ValueError:
     raise VocabularyError(f"VOCABULARY=auto: no task or mixture {name!r} to read training "
                           "text from; `recast tasks list` shows them") from None
-  memo = (name, split, id(provider), tuple(id(t) for t in seqio.get_subtasks(provider)),
-          repr(gin_config.macro_value("DATA_DIR", None)),
+  providers = (provider, *seqio.get_subtasks(provider))
+  memo = (name, split, repr(gin_config.macro_value("DATA_DIR", None)),
           repr(gin_config.macro_value("TASK_DATA_DIRS", None)), str(cache_dir()))
-  if memo not in _auto_models:
+  held = _auto_models.get(memo)
+  if held is None or len(held[0]) != len(providers) or \
+      any(a is not b for a, b in zip(held[0], providers)):
     _building.append(name)
     try:
-      _auto_models[memo] = sentencepiece_vocabulary(str(_auto_model_file(provider, split)))
+      _auto_models[memo] = (providers,
+                            sentencepiece_vocabulary(str(_auto_model_file(provider, split))))
     finally:
       _building.pop()
-  return _auto_models[memo]
+  return _auto_models[memo][1]
 
 
 def _auto_model_file(provider: seqio.DatasetProviderBase, split: str) -> Path:
