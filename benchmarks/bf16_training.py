@@ -14,7 +14,6 @@ sides, so the curves differ by the activation precision alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -25,28 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from benchmarks.cpu_bf16 import cpu_description
-from recast import metrics_writer
 from benchmarks.tables import table
+from benchmarks.train_runs import REPO, run_main, train_command
+from recast import metrics_writer
 
-REPO = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "bfloat16")
-
-
-def train_command(dtype: str, model_dir: Path, args: argparse.Namespace, *,
-                  eval_period: Optional[int] = None) -> list[str]:
-  """`recast train` of `args` (model, task, steps, lengths, data) in activation `dtype`,
-  evaluated every `eval_period` steps (default: at the end; 0: never)."""
-  values = {
-      "MODEL_DIR": repr(str(model_dir)), "MIXTURE_OR_TASK_NAME": repr(args.task),
-      "TASK_FEATURE_LENGTHS": repr({"inputs": args.inputs, "targets": args.targets}),
-      "TRAIN_STEPS": args.steps, "BATCH_SIZE": args.batch_size,
-      "EVAL_PERIOD": args.steps if eval_period is None else eval_period,
-      "CHECKPOINT_PERIOD": args.steps, "DATA_DIR": repr(str(args.data_dir)),
-      "VOCABULARY": repr(args.vocabulary), "ACTIVATION_DTYPE": repr(dtype),
-      "train.stats_period": args.stats_period}
-  return [sys.executable, "-m", "recast", "train", f"--gin_file={args.model}",
-          "--gin_file=runs/finetune.gin",
-          *[f"--gin.{name}={value}" for name, value in values.items()]]
 
 
 def bf16_training(args: argparse.Namespace) -> dict:
@@ -56,7 +38,7 @@ def bf16_training(args: argparse.Namespace) -> dict:
   with tempfile.TemporaryDirectory(prefix="recast-bf16-") as tmp:
     procs = {}
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "RECAST_NO_OUTPUT_CACHE": "1"}
+           "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu", "RECAST_NO_OUTPUT_CACHE": "1"}
     cores = sorted(os.sched_getaffinity(0))
     for i, dtype in enumerate(DTYPES):
       model_dir = Path(tmp) / dtype
@@ -107,33 +89,6 @@ def print_bf16_training(result: dict) -> None:
                ["bfloat16", bf16["steps_per_s"], bf16["wall_s"]]]))
   if ratio:
     print(f"bfloat16 / float32 steps/s: {ratio:.2f}x")
-
-
-def run_main(argv: Optional[Sequence[str]], *, prog: str, doc: str, steps: int,
-             stats_period: int, measure, show, extra=lambda parser: None) -> int:
-  """The command line of a benchmark that trains one `recast train` run (`train_command`'s
-  arguments; `extra` adds its own), then `show(measure(args))`, and --json."""
-  parser = argparse.ArgumentParser(prog=prog, description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", default="models/compact/L2_H256.gin")
-  parser.add_argument("--task", default="glue_sst2")
-  parser.add_argument("--steps", type=int, default=steps)
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--inputs", type=int, default=64)
-  parser.add_argument("--targets", type=int, default=8)
-  parser.add_argument("--stats_period", type=int, default=stats_period)
-  parser.add_argument("--vocabulary", default="auto")
-  parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data")
-  parser.add_argument("--json", type=Path, default=None, help="also write the result here")
-  extra(parser)
-  args = parser.parse_args(argv)
-  if not (args.data_dir / "glue").is_dir():
-    parser.error(f"no data at {args.data_dir}: pass --data_dir (../shared/data layout)")
-  result = measure(args)
-  show(result)
-  if args.json:
-    args.json.write_text(json.dumps(result, indent=1))
-  return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

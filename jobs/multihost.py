@@ -136,11 +136,15 @@ def check_batch_split(batch_size: Any, *, num_hosts: int,
 
 def devices_per_host(spec: LaunchSpec, env: Mapping[str, str]) -> Optional[int]:
   """Devices each worker's JAX will see, where the driver can tell: whole GPUs, or CPU
-  devices (XLA_FLAGS --xla_force_host_platform_device_count, else 1); None for TPUs."""
+  devices (JAX_NUM_CPU_DEVICES, which JAX puts before XLA_FLAGS'
+  --xla_force_host_platform_device_count, else 1); None for TPUs."""
   if spec.gpus_per_host >= 1:
     return int(spec.gpus_per_host)
   if spec.resources_per_host.get("TPU"):
     return None
+  count = env.get("JAX_NUM_CPU_DEVICES", "").strip()
+  if count.isdigit() and int(count) > 0:  # JAX's -1 (unset) falls back to the flag
+    return int(count)
   match = re.search(r"--xla_force_host_platform_device_count=(\d+)", env.get("XLA_FLAGS", ""))
   return int(match.group(1)) if match else 1
 

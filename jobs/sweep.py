@@ -793,8 +793,12 @@ def tune_trials(entries: Sequence[tuple[SweepSpec, Trial]], *, tune_dir: Path,
              "num_samples": len(keys)}
     # Without a concurrency limit Tune keeps one trial of a searcher pending at a time: a run
     # waiting for a GPU would hold back the CPU runs behind it while their CPUs sit idle.
+    # Capped as Tune caps its own pending trials (200, or 1.1 per cluster CPU), so a study
+    # of thousands of runs does not ask for thousands of placement groups at once.
     if max_concurrent_trials is None:
-      max_concurrent_trials = len(keys)
+      import ray
+      cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1
+      max_concurrent_trials = min(len(keys), max(200, int(1.1 * cpus)))
   else:
     space = {}
   tuner = tune.Tuner(

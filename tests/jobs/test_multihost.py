@@ -231,6 +231,13 @@ def test_batch_that_does_not_split_over_the_hosts_devices_is_refused(tmp_path):
     multihost.check_batch_split(12, num_hosts=2, devices_per_host=multihost.devices_per_host(
         multihost.LaunchSpec(num_hosts=2, gpus_per_host=8), {}))
   multihost.check_batch_split(32, num_hosts=2, devices_per_host=8)
+  # JAX_NUM_CPU_DEVICES comes before the XLA flag (JAX reads it first); -1 is JAX's unset.
+  cpu = multihost.LaunchSpec(num_hosts=2)
+  assert multihost.devices_per_host(cpu, {"JAX_NUM_CPU_DEVICES": "3",
+                                          "XLA_FLAGS": TWO_DEVICES}) == 3
+  assert multihost.devices_per_host(cpu, {"JAX_NUM_CPU_DEVICES": "-1",
+                                          "XLA_FLAGS": TWO_DEVICES}) == 2
+  assert multihost.devices_per_host(cpu, {}) == 1
   assert not (tmp_path / "run").exists()
 
 
