@@ -66,7 +66,7 @@ def cpu_devices(args: argparse.Namespace) -> dict:
         text = done.stdout + done.stderr
         if done.returncode != 0:
           raise SystemExit(f"the {side} run failed ({done.returncode}):\n{text[-3000:]}")
-        steady = steady_steps_per_second(model_dir, args.batch_size)
+        steady = steady_steps_per_second(model_dir)
         if steady is None:
           raise SystemExit(f"the {side} run wrote fewer than two train-metric windows: give "
                            f"--stats_period at most --steps/2 (now {args.stats_period})")

@@ -33,16 +33,16 @@ def train_command(dtype: str, model_dir: Path, args: argparse.Namespace, *,
           *[f"--gin.{name}={value}" for name, value in values.items()]]
 
 
-def steady_steps_per_second(model_dir: Path, batch_size: int) -> Optional[float]:
-  """Median steps/s over the run's train-metric windows after the first (the first holds
-  the wait for the train step's compilation and the first batch); None with fewer than two
-  windows. A window that an evaluation ran in counts the evaluation: benchmark with
-  EVAL_PERIOD=0 for the loop alone."""
+def steady_steps_per_second(model_dir: Path) -> Optional[float]:
+  """Median of the run's train `steps_per_second` over its metric windows after the first
+  (the first holds the wait for the train step's compilation and the first batch); None
+  with fewer than two windows. A window that an evaluation ran in counts the evaluation:
+  benchmark with EVAL_PERIOD=0 for the loop alone."""
   rates = [r["value"] for r in metrics_writer.read_metrics(model_dir)
-           if r["split"] == "train" and r["metric"] == "examples_per_second"]
+           if r["split"] == "train" and r["metric"] == "steps_per_second"]
   if len(rates) < 2:
     return None
-  return statistics.median(rates[1:]) / batch_size
+  return statistics.median(rates[1:])
 
 
 def run_main(argv: Optional[Sequence[str]], *, prog: str, doc: str, steps: int,

@@ -89,7 +89,8 @@ ATTEMPTS_FILE = "sweep_attempts.jsonl"
 REJECTED_FILE = "sweep_rejected.json"
 LOG_FILE = launcher.LOG_FILE
 SWEEP_FILE = "sweep.json"
-UNTABULATED_METRICS = ("examples_per_second", "tokens_per_second", "learning_rate")
+UNTABULATED_METRICS = ("examples_per_second", "tokens_per_second", "steps_per_second",
+                       "learning_rate")
 
 
 class SweepSpecError(errors.UserError):

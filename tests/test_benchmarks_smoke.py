@@ -201,13 +201,16 @@ def test_cpu_attention_benchmark_compares_the_two_paths_on_the_same_numbers():
 def test_steady_rate_drops_the_first_window_and_takes_the_median(tmp_path):
   """benchmarks/train_runs.py: a run's steady steps/s from its metrics.jsonl, as written by
   the trainer's MetricsWriter: the first window (the compilation wait) left out, the median
-  of the rest, divided by the batch; fewer than two windows give None."""
+  of the rest; examples/s (packed rows hold several examples) and other splits not read;
+  fewer than two windows give None."""
   from benchmarks import train_runs
   from recast import metrics_writer
   writer = metrics_writer.MetricsWriter(tmp_path, tensorboard=False)
-  writer.write(20, "train", "", {"loss": 2.0, "examples_per_second": 8.0})
-  assert train_runs.steady_steps_per_second(tmp_path, batch_size=16) is None
-  for step, rate in ((40, 32.0), (60, 40.0), (80, 36.0)):
-    writer.write(step, "train", "", {"loss": 1.0, "examples_per_second": rate})
-  writer.write(80, "validation", "glue_sst2", {"examples_per_second": 1000.0})
-  assert train_runs.steady_steps_per_second(tmp_path, batch_size=16) == 36.0 / 16
+  writer.write(20, "train", "", {"loss": 2.0, "steps_per_second": 0.5,
+                                 "examples_per_second": 80.0})
+  assert train_runs.steady_steps_per_second(tmp_path) is None
+  for step, rate in ((40, 2.0), (60, 2.5), (80, 2.25)):
+    writer.write(step, "train", "", {"loss": 1.0, "steps_per_second": rate,
+                                     "examples_per_second": 100 * rate})
+  writer.write(80, "validation", "glue_sst2", {"steps_per_second": 1000.0})
+  assert train_runs.steady_steps_per_second(tmp_path) == 2.25

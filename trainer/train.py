@@ -72,7 +72,8 @@ class ProgressLog:
     elapsed = max(time.perf_counter() - self._time0, 1e-9)
     steps = max(step - self._step0, 1)
     rates = {"examples_per_second": self._examples / elapsed,
-             "tokens_per_second": self._tokens / elapsed}
+             "tokens_per_second": self._tokens / elapsed,
+             "steps_per_second": (step - self._step0) / elapsed}
     eta = (self.train_steps - step) * elapsed / steps
     if self.enabled:
       lr = metrics.get("learning_rate")

@@ -245,6 +245,13 @@ def test_tiny_model_overfits_64_rte_examples(toy_task, overfit_run):
           if r["metric"] == "loss" and r["split"] == "train"]
   assert [r["step"] for r in rows] == [50, 100, 150]
   assert rows[-1]["value"] < 0.05 < rows[0]["value"]
+  # Each window's rates share its wall time: 64 examples a step, so examples/s = 64 steps/s.
+  rates = {(r["step"], r["metric"]): r["value"] for r in metrics_writer.read_metrics(model_dir)
+           if r["split"] == "train" and r["metric"].endswith("_per_second")}
+  for step in (50, 100, 150):
+    assert rates[step, "steps_per_second"] > 0
+    assert rates[step, "examples_per_second"] == pytest.approx(
+        64 * rates[step, "steps_per_second"], rel=1e-9)
   assert (model_dir / "config.gin").is_file()
   assert "T5Config.d_model = 64" in (model_dir / "operative_config.gin").read_text()
   assert "step 150/150 loss" in out and "tokens/s" in out and "ETA" in out
