@@ -239,9 +239,15 @@ class Study:
 
 
 def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = (),
-               cwd: Optional[str] = None, vocabulary: Optional[str] = None) -> Study:
+               extra_gin_files: Sequence[str] = (), extra_bindings: Sequence[str] = (),
+               extra_search_paths: Sequence[str] = (), cwd: Optional[str] = None,
+               vocabulary: Optional[str] = None) -> Study:
   """Reads and checks a study spec; every error names the spec's line.
 
+  `extra_*` come from the command line (`--gin_file`, `--gin.NAME=VALUE`, ...) and apply to
+  every run of every stage, after the spec's own (as `recast sweep`'s do); one may not set a
+  grid axis, a binding that names another stage's runs, or VOCABULARY (the spec's
+  `vocabulary:` is the study's one).
   `vocabulary`: the study's vocabulary when the spec gives none (run_study passes the one it
   built); runs are resolved with it. Gin is checked by `validate_study`.
   """
@@ -270,6 +276,10 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
   if not isinstance(common_bindings, dict):
     raise lines.error(("bindings",), "bindings must be a mapping {NAME: VALUE}")
   vocab = _study_vocabulary(raw, stages_raw, lines, cwd) or vocabulary
+  cli_names = {b.split("=", 1)[0].strip() for b in extra_bindings}
+  if VOCABULARY in cli_names:
+    raise StudySpecError(f"--gin.{VOCABULARY} would give the runs of {path} another "
+                         "vocabulary than the study's one; set `vocabulary:` in the spec")
 
   stages: dict[str, Stage] = {}
   for stage_name, stage_raw in stages_raw.items():
@@ -287,6 +297,10 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
     if not isinstance(stage_bindings, dict):
       raise lines.error(at + ("bindings",), "bindings must be a mapping {NAME: VALUE}")
     refs = {k: (v, at + ("bindings", k)) for k, v in stage_bindings.items() if is_reference(v)}
+    if cli_names & set(refs):
+      raise lines.error(at + ("bindings", min(cli_names & set(refs))),
+                        f"--gin.{min(cli_names & set(refs))} would replace stage "
+                        f"{stage_name}'s reference to another stage's runs; change the spec")
     axes = set((stage_raw.get("grid") or {}) if isinstance(stage_raw.get("grid"), dict)
                else ()) | {k for p in (stage_raw.get("points") or []) if isinstance(p, dict)
                            for k in p}
@@ -307,7 +321,9 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
         "max_failures": raw.get("max_failures", 3)}
     try:
       spec = sweep.parse_spec(sweep_raw, Path(f"stage {stage_name}"), cwd=cwd,
-                              extra_tasks_files=extra_tasks_files)
+                              extra_tasks_files=extra_tasks_files,
+                              extra_gin_files=extra_gin_files, extra_bindings=extra_bindings,
+                              extra_search_paths=extra_search_paths)
     except sweep.SweepSpecError as e:
       raise lines.error(at, str(e)) from None
     command = stage_raw.get("command", "train")
@@ -688,18 +704,29 @@ def stage_counts(study: Study, runs: Sequence[Run]) -> str:
 
 def run_study(path: str | os.PathLike, *, address: Optional[str] = None,
               num_cpus: Optional[int] = None, num_gpus: Optional[float] = None,
-              extra_tasks_files: Sequence[str] = (), verbose: int = 1) -> StudyOutcome:
+              extra_tasks_files: Sequence[str] = (), extra_gin_files: Sequence[str] = (),
+              extra_bindings: Sequence[str] = (), extra_search_paths: Sequence[str] = (),
+              verbose: int = 1) -> StudyOutcome:
   """Checks the whole study, builds its vocabulary when none is given, runs the unfinished
   runs on Ray (recast.jobs.sweep's trials and retries) as one Tune experiment in which
   each run starts as soon as the runs it names are done (`start_order` for free slots),
   writes each stage's sweep tables, then the report. A run needing a failed run is not
   started; the study then ends with the failures (started again, it retries them)."""
   from recast.jobs import study_report
-  study = load_study(path, extra_tasks_files=extra_tasks_files)
+  extra = dict(extra_tasks_files=extra_tasks_files, extra_gin_files=extra_gin_files,
+               extra_bindings=extra_bindings, extra_search_paths=extra_search_paths)
+  study = load_study(path, **extra)
   if study.vocabulary is None:
-    study = load_study(path, extra_tasks_files=extra_tasks_files,
-                       vocabulary=build_vocabulary(study))
+    study = load_study(path, **extra, vocabulary=build_vocabulary(study))
   validate_study(study)
+  for stage in study.stages.values():  # a study started before: the same runs, or nothing
+    changed = sweep.trials_changed(stage.spec, [r.trial for r in stage.runs])
+    if changed:
+      raise StudySpecError(
+          f"stage {stage.name} of {study.study_dir} started with other runs than {path} now "
+          f"gives ({changed}): the spec's or the command line's gin files or bindings "
+          "changed; run it with the ones it started with, or give the study another name "
+          "(`name:`) or storage_path")
   study.study_dir.mkdir(parents=True, exist_ok=True)
   atomic_files.write_json(study.study_dir / STUDY_FILE, describe(study))
   outcome = StudyOutcome(study_dir=study.study_dir, ran={}, skipped={}, failed={})
@@ -755,10 +782,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-  """`recast study SPEC.yaml [--dry_run] [--address=auto]`."""
-  tasks_files = getattr(args, "tasks_file", []) or []
+  """`recast study SPEC.yaml [--dry_run] [--address=auto] [--gin.NAME=VALUE ...]`."""
+  extra = dict(extra_tasks_files=getattr(args, "tasks_file", []) or [],
+               extra_gin_files=getattr(args, "gin_file", []) or [],
+               extra_bindings=getattr(args, "gin_bindings", []) or [],
+               extra_search_paths=getattr(args, "gin_search_paths", []) or [])
   if args.dry_run:
-    study = load_study(args.spec, extra_tasks_files=tasks_files)
+    study = load_study(args.spec, **extra)
     validate_study(study)
     print_graph(study)
     lengths = ("lengths checked" if study.vocabulary else
@@ -767,7 +797,7 @@ def main(args: argparse.Namespace) -> int:
           f"{len(study.stages)} stages; gin checked, {lengths}; nothing started")
     return 0
   outcome = run_study(args.spec, address=args.address, num_cpus=args.num_cpus,
-                      num_gpus=args.num_gpus, extra_tasks_files=tasks_files)
+                      num_gpus=args.num_gpus, **extra)
   for stage, ran in outcome.ran.items():
     print(f"stage {stage}: ran {len(ran)} runs ({len(outcome.skipped[stage])} were already "
           "done)")

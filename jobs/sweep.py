@@ -638,7 +638,7 @@ def hold_experiment(spec: SweepSpec, trials: Sequence[Trial], *, resume: bool):
   """The sweep driver's hold on its experiment folder while it runs: the folder checked
   (a started one only with `resume` and the same trials), locked (one driver) and its
   SWEEP_FILE written."""
-  _check_experiment_dir(spec, trials, resume=resume)
+  check_experiment_dir(spec, trials, resume=resume)
   with run_lock.hold(spec.experiment_dir, what="experiment folder"):  # one sweep driver
     spec.experiment_dir.mkdir(parents=True, exist_ok=True)
     atomic_files.write_json(spec.experiment_dir / SWEEP_FILE, _describe(spec, trials))
@@ -651,20 +651,31 @@ def _describe(spec: SweepSpec, trials: Sequence[Trial]) -> dict:
                       "bindings": list(t.bindings)} for t in trials]}
 
 
-def _check_experiment_dir(spec: SweepSpec, trials: Sequence[Trial], *, resume: bool) -> None:
-  """A started sweep continues only with --resume, and only with the same trials."""
+def trials_changed(spec: SweepSpec, trials: Sequence[Trial]) -> Optional[str]:
+  """What differs between the trials a started sweep in `spec`'s folder was given and
+  `trials` ("first differing trial: before -> now", or the counts); None when the folder
+  holds no started sweep or the same trials."""
   saved_path = spec.experiment_dir / SWEEP_FILE
   if not saved_path.exists():
+    return None
+  saved = json.loads(saved_path.read_text())["trials"]
+  now = _describe(spec, trials)["trials"]
+  if saved == now:
+    return None
+  return next((f"{a['name']} -> {b['name']}" for a, b in zip(saved, now) if a != b),
+              f"{len(saved)} trials -> {len(now)}")
+
+
+def check_experiment_dir(spec: SweepSpec, trials: Sequence[Trial], *, resume: bool) -> None:
+  """A started sweep continues only with --resume, and only with the same trials."""
+  if not (spec.experiment_dir / SWEEP_FILE).exists():
     return
   if not resume:
     raise SweepSpecError(
         f"sweep {spec.name} already started in {spec.experiment_dir}; run it again with "
         "--resume to finish it, or give the spec another name or storage_path")
-  saved = json.loads(saved_path.read_text())["trials"]
-  now = _describe(spec, trials)["trials"]
-  if saved != now:
-    changed = next((f"{a['name']} -> {b['name']}" for a, b in zip(saved, now) if a != b),
-                   f"{len(saved)} trials -> {len(now)}")
+  changed = trials_changed(spec, trials)
+  if changed:
     raise SweepSpecError(
         f"the grid of {spec.name} changed since it started ({changed}); --resume needs the "
         "same gin files, bindings and grid; start a new sweep under another name instead")

@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, bool]] = {
                 False),
     "sweep": ("recast.jobs.sweep", "run a grid of runs with Ray", True),
     "study": ("recast.jobs.study", "run a study's stages of runs in order; compare its arms",
-              False),
+              True),
     "fuse": ("recast.jobs.fusion", "ColD Fusion rounds; average checkpoints", True),
     "eval-base": ("recast.jobs.eval_base", "model-recycling evaluation of a base model", True),
     "distill": ("recast.trainer.distillation", "distil a teacher into a student", True),

@@ -82,11 +82,14 @@ def local_files(spec: specs_lib.TextTaskSpec) -> Optional[dict[str, Path]]:
   folder = Path(data_dir) / spec.builder_name
   found = {s: p for s in spec.splits if (p := split_file(folder, s)) is not None}
   if not found:
+    where = (f"{folder}" if folder.is_absolute() else
+             f"{folder} (relative to the working folder {os.getcwd()})")
     raise LocalDataError(
         f"task {spec.name!r} reads local files from data directory {data_dir}, but "
-        f"{folder} holds none of {', '.join(f'{s}.jsonl' for s in spec.splits)} (or .csv/"
-        ".tsv); add them, give the task its own directory with --gin.TASK_DATA_DIRS="
-        f"\"{{'{spec.name}': '/path'}}\", or unset DATA_DIR/{ENV_VAR} to read TFDS")
+        f"{where} holds none of {', '.join(f'{s}.jsonl' for s in spec.splits)} (or .csv/"
+        ".tsv); add them, point --gin.DATA_DIR at the folder that holds them, give the task "
+        f"its own directory with --gin.TASK_DATA_DIRS=\"{{'{spec.name}': '/path'}}\", or "
+        f"unset DATA_DIR/{ENV_VAR} to read TFDS")
   return found
 
 

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -250,6 +251,46 @@ def test_dry_run_prints_the_graph_of_runs_and_starts_nothing(tmp_path, toy_task_
   arms = text.index("arms:")
   swapped = text[:first] + text[second_stage:arms] + text[first:second_stage] + text[arms:]
   assert list(study.load_study(_write(tmp_path, swapped)).stages) == ["first", "second"]
+
+
+def test_gin_flags_on_the_command_line_reach_every_run_after_the_spec(tmp_path, toy_task_file,
+                                                                      capsys):
+  """`recast study SPEC --gin.NAME=VALUE` as `recast sweep`'s: bound in every run of every
+  stage, after the spec's own; a grid axis, a reference to another stage or VOCABULARY is
+  refused in one line before anything is written."""
+  path = _write(tmp_path, _spec_text(tmp_path, toy_task_file))
+  assert cli.main(["study", str(path), "--dry_run", "--gin.TRAIN_STEPS=6",
+                   "--gin.DATA_DIR='/data/here'"]) == 0
+  runs = [line for line in capsys.readouterr().out.splitlines()
+          if line.startswith("  00")]
+  assert len(runs) == 4
+  for line in runs:  # the spec's TRAIN_STEPS=4, then the command line's 6 (gin: last wins)
+    assert line.index("TRAIN_STEPS=4") < line.index("TRAIN_STEPS=6")
+    assert "DATA_DIR='/data/here'" in line
+  for flag, message in [
+      ("--gin.SEED=3", r"--gin.SEED sets a grid axis of stage first; change the spec"),
+      ("--gin.INITIAL_CHECKPOINT_PATH='/x'", r"line \d+: --gin.INITIAL_CHECKPOINT_PATH would "
+       r"replace stage second's reference to another stage's runs; change the spec"),
+      ("--gin.VOCABULARY='byte'", r"--gin.VOCABULARY would give the runs of .*study.yaml "
+       r"another vocabulary than the study's one; set `vocabulary:` in the spec")]:
+    assert cli.main(["study", str(path), flag]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "studies").exists()
+  # Started once with the spec alone, the study is not run again with other bindings: its
+  # runs would not be the ones it started. Refused before anything is written.
+  started = study.load_study(path)
+  for stage in started.stages.values():
+    with sweep.hold_experiment(stage.spec, [r.trial for r in stage.runs], resume=True):
+      pass
+  assert cli.main(["study", str(path), "--gin.TRAIN_STEPS=6"]) == 2
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]  # after the truncation warnings of the toy lengths
+  assert re.fullmatch(r"recast study: error: stage first of .*studies/toy started with other "
+                      r"runs than .*study.yaml now gives \(000_SEED=0 -> 000_SEED=0\): the "
+                      r"spec's or the command line's gin files or bindings changed; .*",
+                      last), err
+  assert not (started.study_dir / study.STUDY_FILE).exists()
 
 
 @pytest.mark.parametrize("name, runs, arms, task", [
