@@ -44,6 +44,8 @@ def cpu_devices(args: argparse.Namespace) -> dict:
                      "to compare (run it where taskset or the container allows 2 or more)")
   if args.repetitions < 1:
     raise SystemExit(f"--repetitions={args.repetitions}: give at least 1")
+  if args.stats_period is None:  # five windows: the first (compilation) left out
+    args.stats_period = max(1, args.steps // 5)
   if args.batch_size % cores:
     raise SystemExit(f"--batch_size={args.batch_size} does not split over this machine's "
                      f"{cores} cores; pass a multiple of {cores}")
@@ -101,12 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--eval_period", type=int, default=0,
                         help="EVAL_PERIOD (default 0: the training loop alone)")
-  def measure(args: argparse.Namespace) -> dict:
-    if args.stats_period is None:
-      args.stats_period = max(1, args.steps // 5)
-    return cpu_devices(args)
   return run_main(argv, prog="python -m benchmarks.cpu_devices", doc=__doc__, steps=100,
-                  stats_period=None, measure=measure, show=print_cpu_devices, extra=extra)
+                  stats_period=None, measure=cpu_devices, show=print_cpu_devices, extra=extra)
 
 
 if __name__ == "__main__":

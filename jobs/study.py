@@ -276,7 +276,7 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
   if not isinstance(common_bindings, dict):
     raise lines.error(("bindings",), "bindings must be a mapping {NAME: VALUE}")
   vocab = _study_vocabulary(raw, stages_raw, lines, cwd) or vocabulary
-  cli_names = {b.split("=", 1)[0].strip() for b in extra_bindings}
+  cli_names = {gin_config.binding_name(b) for b in extra_bindings}
   if VOCABULARY in cli_names:
     raise StudySpecError(f"--gin.{VOCABULARY} would give the runs of {path} another "
                          "vocabulary than the study's one; set `vocabulary:` in the spec")
@@ -297,10 +297,11 @@ def load_study(path: str | os.PathLike, *, extra_tasks_files: Sequence[str] = ()
     if not isinstance(stage_bindings, dict):
       raise lines.error(at + ("bindings",), "bindings must be a mapping {NAME: VALUE}")
     refs = {k: (v, at + ("bindings", k)) for k, v in stage_bindings.items() if is_reference(v)}
-    if cli_names & set(refs):
-      raise lines.error(at + ("bindings", min(cli_names & set(refs))),
-                        f"--gin.{min(cli_names & set(refs))} would replace stage "
-                        f"{stage_name}'s reference to another stage's runs; change the spec")
+    replaced = sorted(cli_names & set(refs))
+    if replaced:
+      raise lines.error(at + ("bindings", replaced[0]), f"--gin.{replaced[0]} would replace "
+                        f"stage {stage_name}'s reference to another stage's runs; change the "
+                        "spec")
     axes = set((stage_raw.get("grid") or {}) if isinstance(stage_raw.get("grid"), dict)
                else ()) | {k for p in (stage_raw.get("points") or []) if isinstance(p, dict)
                            for k in p}

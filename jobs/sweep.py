@@ -298,8 +298,8 @@ def parse_spec(raw: Any, path: Path, *, extra_gin_files: Sequence[str] = (),
   both = sorted(point_axes & set(axes))
   if both:
     raise SweepSpecError(f"{path}: {', '.join(both)} is both a grid axis and in points")
-  cli_names = [b.split("=", 1)[0].strip() for b in extra_bindings]
-  clash = sorted(set(cli_names) & (point_axes | set(axes)))
+  clash = sorted({gin_config.binding_name(b) for b in extra_bindings} &
+                 (point_axes | set(axes)))
   if clash:
     raise SweepSpecError(f"--gin.{clash[0]} sets a grid axis of {path}; change the spec")
 

@@ -197,7 +197,7 @@ def _parse_bindings(bindings: Sequence[str]) -> None:
     except Exception as e:
       # gin's message goes on with the binding quoted over lines; its first line says it.
       reason = str(e).split("\n")[0].rstrip(".")
-      hint = _configurable_hint(_binding_name(binding))
+      hint = _configurable_hint(binding_name(binding))
       raise GinConfigError(
           f"invalid gin binding --gin.{binding}: {reason}" + (
               f"; {hint}" if hint else ". Bindings look like --gin.TRAIN_STEPS=1000 or "
@@ -205,7 +205,8 @@ def _parse_bindings(bindings: Sequence[str]) -> None:
               "defined by the gin files")) from e
 
 
-def _binding_name(binding: str) -> str:
+def binding_name(binding: str) -> str:
+  """The name a "NAME=VALUE" binding sets (`--gin.NAME=VALUE` without its flag)."""
   return binding.split("=", 1)[0].strip()
 
 
@@ -253,7 +254,7 @@ def check_macro_bindings(bindings: Sequence[str], *, gin_files: Sequence[str],
   known = (macros_in_config(gin.config_str()) | set(CODE_MACROS) | set(known_macros) |
            {m for b in bindings for m in re.findall(r"%([A-Za-z_]\w*)", b.split("=", 1)[-1])})
   for binding in bindings:
-    name = _binding_name(binding)
+    name = binding_name(binding)
     if not _MACRO_NAME.fullmatch(name) or name in known:
       continue
     candidates = sorted(m for m in known if _MACRO_NAME.fullmatch(m))

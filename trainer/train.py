@@ -73,7 +73,7 @@ class ProgressLog:
     steps = max(step - self._step0, 1)
     rates = {"examples_per_second": self._examples / elapsed,
              "tokens_per_second": self._tokens / elapsed,
-             "steps_per_second": (step - self._step0) / elapsed}
+             "steps_per_second": steps / elapsed}
     eta = (self.train_steps - step) * elapsed / steps
     if self.enabled:
       lr = metrics.get("learning_rate")
