@@ -330,6 +330,25 @@ def test_cpu_dense_multiplies_bf16_into_float32():
   assert gx.dtype == gw.dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("tokens", [64, 6, 7])
+def test_cpu_weight_gradient_is_a_bf16_dot_with_the_float32_numbers(tokens):
+  # x^T g contracts over x's major dimension; left as a transpose XLA:CPU would convert x
+  # and g to float32 for its own dot. The written-out transpose keeps a bf16 x bf16 ->
+  # float32 dot, whose sum is numpy's float32 one of the same bf16 values (7 tokens: no
+  # way to fold them, the plain transpose).
+  rs = np.random.RandomState(tokens)
+  x = jnp.asarray(rs.randn(tokens, 32), jnp.bfloat16)
+  w = jnp.asarray(rs.randn(32, 24), jnp.float32)
+  c = jnp.asarray(rs.randn(tokens, 24), jnp.bfloat16)
+  grad_w = jax.jit(jax.grad(lambda w, x, c: (network.dense(x, w) * c).astype(jnp.float32).sum()))
+  expected = np.asarray(x, np.float32).T @ np.asarray(c, np.float32)
+  np.testing.assert_allclose(grad_w(w, x, c), expected, rtol=1e-5, atol=1e-5)
+  if jax.default_backend() == "cpu" and tokens % 2 == 0:
+    hlo = grad_w.lower(w, x, c).compile().as_text()
+    assert f"f32[{tokens},32]" not in hlo and f"f32[32,{tokens}]" not in hlo, (
+        "the weight gradient's x was converted to float32")
+
+
 def test_auto_activation_dtype_is_bf16_where_the_hardware_has_bf16_units():
   prefer = network.preferred_activation_dtype
   assert prefer("cpu", {"avx2", "avx512f"}) == "float32"
