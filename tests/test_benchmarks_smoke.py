@@ -214,3 +214,16 @@ def test_steady_rate_drops_the_first_window_and_takes_the_median(tmp_path):
                                      "examples_per_second": 100 * rate})
   writer.write(80, "validation", "glue_sst2", {"steps_per_second": 1000.0})
   assert train_runs.steady_steps_per_second(tmp_path) == 2.25
+
+
+def test_cpu_dense_benchmark_times_both_weight_gradients_and_names_their_kernels():
+  from benchmarks import cpu_dense
+  rows = cpu_dense.weight_gradient_dots(repetitions=1, shapes=((64, 32, 48),))
+  assert [(r["dtype"], r["tokens"], r["n"], r["m"]) for r in rows] == [
+      ("bfloat16", 64, 32, 48), ("float32", 64, 32, 48)]
+  for r in rows:
+    assert r["folded_s"] > 0 and r["written_out_s"] > 0 and r["torch_s"] > 0
+  if network.jax.default_backend() == "cpu":
+    bf16 = rows[0]["dot_via"]
+    assert bf16 == {"folded": "xla (eigen), operands converted to f32",
+                    "written_out": "ynnpack"}

@@ -174,6 +174,11 @@ def _matmul_fwd(x, w):
   return _matmul_f32_accumulate(x, w_cast), (x, w_cast, jnp.zeros((0,), w.dtype))
 
 
+# Activation dtypes whose weight gradients write x^T out (`_weight_gradient`); read when a
+# train step is traced (`benchmarks/cpu_dense.py` compares the step both ways).
+WRITE_OUT_TRANSPOSE_DTYPES = ("bfloat16",)
+
+
 def _transposed_copy(x: Array) -> Array:
   """x.T [n, t] of x [t, n], written out in row-major order (not a view).
 
@@ -190,16 +195,24 @@ def _transposed_copy(x: Array) -> Array:
   return x.T
 
 
+def _weight_gradient(x: Array, g: Array, *, write_out_transpose: bool) -> Array:
+  """x^T g in float32 for x [tokens, n], g [tokens, m].
+
+  `write_out_transpose` (bf16 operands) makes x^T a `_transposed_copy` so that the dot
+  runs on the bf16 units: the bf16 train step 1.24x faster (BENCHMARKS.md section 6,
+  `python -m benchmarks.cpu_dense`). float32 dots are faster left to XLA's own kernel.
+  """
+  x_t = _transposed_copy(x) if write_out_transpose else x.T
+  return jnp.matmul(x_t, g, preferred_element_type=jnp.float32)
+
+
 def _matmul_bwd(residuals, g):
   x, w_cast, w_dtype = residuals
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   # The weight gradient leaves the dot in float32 and stays there for a float32 weight:
   # no rounding to the activation dtype and back (two passes over every gradient).
-  # In bf16 its x^T is a written-out copy, so that the dot runs on the bf16 units
-  # (`_transposed_copy`: the step 1.24x faster, BENCHMARKS.md section 6); float32 dots
-  # are faster left to XLA's own kernel.
-  x2t = _transposed_copy(x2) if x2.dtype == jnp.bfloat16 else x2.T
-  dw = jnp.matmul(x2t, g2, preferred_element_type=jnp.float32)
+  dw = _weight_gradient(x2, g2,
+                        write_out_transpose=x2.dtype.name in WRITE_OUT_TRANSPOSE_DTYPES)
   return _matmul_f32_accumulate(g, w_cast.T).astype(x.dtype), dw.astype(w_dtype.dtype)
 
 
