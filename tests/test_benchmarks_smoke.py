@@ -223,7 +223,23 @@ def test_cpu_dense_benchmark_times_both_weight_gradients_and_names_their_kernels
       ("bfloat16", 64, 32, 48), ("float32", 64, 32, 48)]
   for r in rows:
     assert r["folded_s"] > 0 and r["written_out_s"] > 0 and r["torch_s"] > 0
+    assert r["max_rel_diff"] < 1e-5  # the same sum either way
   if network.jax.default_backend() == "cpu":
     bf16 = rows[0]["dot_via"]
     assert bf16 == {"folded": "xla (eigen), operands converted to f32",
                     "written_out": "ynnpack"}
+
+
+def test_cpu_dense_train_step_compiles_two_programs_and_restores_the_switch():
+  from benchmarks import cpu_dense
+  if network.jax.default_backend() != "cpu":
+    pytest.skip("the weight-gradient switch is XLA:CPU's")
+  tiny = T5Config(d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=1,
+                  num_decoder_layers=1, dropout_rate=0.0).with_vocab_size(128)
+  result = cpu_dense.train_step_both_ways(repetitions=1, dtype="bfloat16", config=tiny,
+                                          batch_size=4, lengths=(16, 4))
+  assert result["programs_differ"] and result["dtype"] == "bfloat16"
+  assert result["first_loss"]["folded"] == pytest.approx(result["first_loss"]["written_out"],
+                                                         rel=1e-3)
+  assert network.WRITE_OUT_TRANSPOSE_DTYPES == ("bfloat16",)
+  assert cpu_dense.main(["--dtypes=bf16", "--no-train_step"]) == 2

@@ -186,21 +186,21 @@ def _transposed_copy(x: Array) -> Array:
   dot only when its left operand contracts over its minor dimension, and otherwise
   converts both operands to float32 for its own (Eigen) dot. A weight gradient x^T g
   contracts over the tokens, x's major dimension; this transpose, spelt through a 3-d
-  reshape that XLA does not fold, makes x^T a real bf16 operand that YNNPACK takes.
+  shape that XLA does not fold, makes x^T a real bf16 operand that YNNPACK takes. (Not
+  [t // k, k, n]: with the tokens sharded over devices and t // k not divisible by their
+  count, XLA all-gathered x in float32 first.)
   """
   t, n = x.shape
-  for k in (16, 8, 4, 2):
-    if t % k == 0:
-      return x.reshape(t // k, k, n).transpose(2, 0, 1).reshape(n, t)
-  return x.T
+  return x.reshape(1, t, n).transpose(2, 0, 1).reshape(n, t)
 
 
 def _weight_gradient(x: Array, g: Array, *, write_out_transpose: bool) -> Array:
   """x^T g in float32 for x [tokens, n], g [tokens, m].
 
   `write_out_transpose` (bf16 operands) makes x^T a `_transposed_copy` so that the dot
-  runs on the bf16 units: the bf16 train step 1.24x faster (BENCHMARKS.md section 6,
-  `python -m benchmarks.cpu_dense`). float32 dots are faster left to XLA's own kernel.
+  runs on the bf16 units: the bf16 train step 1.30x faster (BENCHMARKS.md section 6,
+  `python -m benchmarks.cpu_dense`). float32 keeps the folded transpose: its dots gain
+  too, but the float32 copy costs the step what they save (1.00x).
   """
   x_t = _transposed_copy(x) if write_out_transpose else x.T
   return jnp.matmul(x_t, g, preferred_element_type=jnp.float32)
@@ -211,8 +211,8 @@ def _matmul_bwd(residuals, g):
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   # The weight gradient leaves the dot in float32 and stays there for a float32 weight:
   # no rounding to the activation dtype and back (two passes over every gradient).
-  dw = _weight_gradient(x2, g2,
-                        write_out_transpose=x2.dtype.name in WRITE_OUT_TRANSPOSE_DTYPES)
+  dw = _weight_gradient(x2, g2, write_out_transpose=x2.dtype.name in {
+      jnp.dtype(d).name for d in WRITE_OUT_TRANSPOSE_DTYPES})
   return _matmul_f32_accumulate(g, w_cast.T).astype(x.dtype), dw.astype(w_dtype.dtype)
 
 

@@ -334,19 +334,38 @@ def test_cpu_dense_multiplies_bf16_into_float32():
 def test_cpu_weight_gradient_is_a_bf16_dot_with_the_float32_numbers(tokens):
   # x^T g contracts over x's major dimension; left as a transpose XLA:CPU would convert x
   # and g to float32 for its own dot. The written-out transpose keeps a bf16 x bf16 ->
-  # float32 dot, whose sum is numpy's float32 one of the same bf16 values (7 tokens: no
-  # way to fold them, the plain transpose).
+  # float32 dot (YNNPACK's), whose sum is numpy's float32 one of the same bf16 values.
   rs = np.random.RandomState(tokens)
-  x = jnp.asarray(rs.randn(tokens, 32), jnp.bfloat16)
-  w = jnp.asarray(rs.randn(32, 24), jnp.float32)
+  x = jnp.asarray(rs.randn(tokens, 40), jnp.bfloat16)
+  w = jnp.asarray(rs.randn(40, 24), jnp.float32)
   c = jnp.asarray(rs.randn(tokens, 24), jnp.bfloat16)
   grad_w = jax.jit(jax.grad(lambda w, x, c: (network.dense(x, w) * c).astype(jnp.float32).sum()))
   expected = np.asarray(x, np.float32).T @ np.asarray(c, np.float32)
   np.testing.assert_allclose(grad_w(w, x, c), expected, rtol=1e-5, atol=1e-5)
-  if jax.default_backend() == "cpu" and tokens % 2 == 0:
+  if jax.default_backend() == "cpu":
     hlo = grad_w.lower(w, x, c).compile().as_text()
-    assert f"f32[{tokens},32]" not in hlo and f"f32[32,{tokens}]" not in hlo, (
+    assert f"f32[{tokens},40]" not in hlo and f"f32[40,{tokens}]" not in hlo, (
         "the weight gradient's x was converted to float32")
+    assert "__ynn_fusion" in hlo
+
+
+def test_cpu_weight_gradient_with_sharded_tokens_gathers_nothing():
+  # Data parallel over CPU devices: the tokens are sharded; the written-out transpose must
+  # leave the sum over them to one all-reduce of the [n, m] result (no all-gather of x,
+  # no float32 copy), also where the tokens do not split evenly into groups of 16.
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  if jax.default_backend() != "cpu" or jax.device_count() < 2:
+    pytest.skip("needs two or more CPU devices (tests/conftest.py forces four)")
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  sharded = NamedSharding(mesh, PartitionSpec("data", None))
+  for tokens in (912, 4096):
+    x = jax.device_put(jnp.ones((tokens, 40), jnp.bfloat16), sharded)
+    g = jax.device_put(jnp.ones((tokens, 24), jnp.bfloat16), sharded)
+    fn = jax.jit(lambda x, g: network._weight_gradient(x, g, write_out_transpose=True))
+    hlo = fn.lower(x, g).compile().as_text()
+    assert "all-gather" not in hlo and "all-reduce" in hlo
+    assert f"f32[{tokens // 2},40]" not in hlo and f"f32[40,{tokens // 2}]" not in hlo
+    np.testing.assert_array_equal(fn(x, g), np.full((40, 24), tokens, np.float32))
 
 
 def test_auto_activation_dtype_is_bf16_where_the_hardware_has_bf16_units():
