@@ -198,9 +198,9 @@ def _weight_gradient(x: Array, g: Array, *, write_out_transpose: bool) -> Array:
   """x^T g in float32 for x [tokens, n], g [tokens, m].
 
   `write_out_transpose` (bf16 operands) makes x^T a `_transposed_copy` so that the dot
-  runs on the bf16 units: the bf16 train step 1.30x faster (BENCHMARKS.md section 6,
-  `python -m benchmarks.cpu_dense`). float32 keeps the folded transpose: its dots gain
-  too, but the float32 copy costs the step what they save (1.00x).
+  runs on the bf16 units: the bf16 train step 1.27x faster (BENCHMARKS.md section 6,
+  `python -m benchmarks.cpu_dense`). float32 keeps the folded transpose: most of its dots
+  gain too, but the float32 copy costs the step more than they save (0.91x).
   """
   x_t = _transposed_copy(x) if write_out_transpose else x.T
   return jnp.matmul(x_t, g, preferred_element_type=jnp.float32)
