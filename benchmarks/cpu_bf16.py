@@ -50,6 +50,12 @@ def cpu_description() -> dict[str, Any]:
   return {"model": model, "isa": [f for f in wanted if f in flags], "cores": os.cpu_count()}
 
 
+def dot_kernel(hlo: str) -> str:
+  """Which library a compiled XLA:CPU program runs its dot with, from its HLO text."""
+  return ("ynnpack" if "__ynn_fusion" in hlo else "xnnpack" if "__xnn_fusion" in hlo
+          else "onednn" if "onednn" in hlo.lower() else "xla (eigen)")
+
+
 def _child(size: int, repetitions: int, shapes: list) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
@@ -67,9 +73,7 @@ def _child(size: int, repetitions: int, shapes: list) -> dict[str, Any]:
       a, b = jnp.asarray(a32, dtype), jnp.asarray(b32, dtype)
       fn = jax.jit(lambda x, y, out=out: jnp.matmul(x, y, preferred_element_type=out))
       hlo = fn.lower(a, b).compile().as_text()
-      via = ("ynnpack" if "__ynn_fusion" in hlo else "xnnpack" if "__xnn_fusion" in hlo
-             else "onednn" if ("onednn" in hlo.lower()) else "xla (eigen)")
-      notes[f"jax {name} {tag}"] = via
+      notes[f"jax {name} {tag}"] = dot_kernel(hlo)
       contenders[f"jax {name} {tag}"] = (
           lambda fn=fn, a=a, b=b: fn(a, b).block_until_ready())
     ta32, tb32 = torch.from_numpy(a32), torch.from_numpy(b32)

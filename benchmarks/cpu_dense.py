@@ -27,11 +27,6 @@ from benchmarks.tables import table
 SHAPES = ((4096, 256, 1024), (4096, 1024, 256), (4096, 256, 256), (912, 256, 32128))
 
 
-def _dot_kernel(hlo: str) -> str:
-  return ("ynnpack" if "__ynn_fusion" in hlo else "xnnpack" if "__xnn_fusion" in hlo
-          else "onednn" if "onednn" in hlo.lower() else "xla (eigen)")
-
-
 def weight_gradient_dots(*, repetitions: int = 5, shapes=SHAPES) -> list[dict[str, Any]]:
   """[{tokens, n, m, dtype, gflop, folded_s, written_out_s, torch_s, dot_via,
   max_rel_diff}] for x [tokens, n] and g [tokens, m]. dot_via names each compiled dot's
@@ -43,6 +38,7 @@ def weight_gradient_dots(*, repetitions: int = 5, shapes=SHAPES) -> list[dict[st
   import torch
 
   from benchmarks import measure
+  from benchmarks.cpu_bf16 import dot_kernel
   from recast.trainer import network
   rng = np.random.default_rng(0)
   rows = []
@@ -59,7 +55,7 @@ def weight_gradient_dots(*, repetitions: int = 5, shapes=SHAPES) -> list[dict[st
         converted = dtype == jnp.bfloat16 and any(
             f"f32[{a},{b}]" in hlo for a, b in ((tokens, n), (n, tokens), (tokens, m),
                                                 (m, tokens)))
-        via[label] = _dot_kernel(hlo) + (", operands converted to f32" if converted else "")
+        via[label] = dot_kernel(hlo) + (", operands converted to f32" if converted else "")
         values[label] = np.asarray(fn(x, g))
         fns[label] = lambda fn=fn: fn(x, g).block_until_ready()
       tx, tg = torch.from_numpy(x32).to(torch_dtype), torch.from_numpy(g32).to(torch_dtype)
